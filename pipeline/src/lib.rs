@@ -2,6 +2,7 @@
 //! that wires components into running pipelines. Components depend on this crate; it knows
 //! them only through the traits in [`component`].
 
+pub mod admin;
 pub mod batch;
 pub mod component;
 pub mod config;
@@ -20,3 +21,5 @@ pub use config::{ComponentSettings, ConfigError};
 pub use error::{ConsumeError, ExportError, StartError};
 pub use signal::Signal;
 pub use telemetry::Telemetry;
+pub mod graph;
+pub mod queue;

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 /// The three kinds of component, as named by their config section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ComponentKind {
     Receiver,
     Processor,

@@ -1,0 +1,423 @@
+//! The pipeline graph: checking a config against the registry, starting it, stopping it.
+//!
+//! [`plan`] builds every component from its table and checks the references between them,
+//! starting nothing: it is what `sluice validate` runs, and it reports every error it finds.
+//! [`Service::start`] brings a plan to life back to front (exporters, then processors, then
+//! receivers) so that nothing receives data before its downstream exists, and
+//! [`Service::shutdown`] stops it front to back so that everything accepted is flushed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::component::{
+    Consumer, Exporter, ExporterContext, Processor, ProcessorContext, Receiver, ReceiverContext,
+    Registry, Running, RunningProcessor, SignalConsumers,
+};
+use crate::config::{ComponentKind, ComponentSettings, Config, ConfigError, KeyPath, parse_value};
+use crate::error::StartError;
+use crate::queue::{Fanout, QueueSettings, QueuedExporter};
+use crate::signal::Signal;
+use crate::telemetry::Telemetry;
+
+/// A warning about a config that is valid but probably not what was meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub path: KeyPath,
+    pub message: String,
+}
+
+struct PlannedExporter {
+    id: String,
+    exporter: Box<dyn Exporter>,
+    queue: QueueSettings,
+}
+
+struct PlannedPipeline {
+    name: String,
+    signal: Signal,
+    processors: Vec<(String, Box<dyn Processor>)>,
+    exporters: Vec<String>,
+}
+
+struct PlannedReceiver {
+    id: String,
+    receiver: Box<dyn Receiver>,
+    /// The pipelines it feeds.
+    pipelines: Vec<String>,
+}
+
+/// A checked configuration: every component built, every reference resolved.
+pub struct Plan {
+    exporters: Vec<PlannedExporter>,
+    pipelines: Vec<PlannedPipeline>,
+    receivers: Vec<PlannedReceiver>,
+    /// Valid but suspicious parts of the config, such as components no pipeline uses.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// The keys the core reads from every exporter's table before the exporter sees it.
+const EXPORTER_CORE_KEYS: [&str; 1] = ["queue"];
+
+/// Builds every component `config` uses and checks how they are wired, collecting every error.
+pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+
+    let used = check_references(config, registry, &mut errors);
+    for kind in [
+        ComponentKind::Receiver,
+        ComponentKind::Processor,
+        ComponentKind::Exporter,
+    ] {
+        for id in config.components(kind).keys() {
+            if !used.contains(&(kind, id.clone())) {
+                warnings.push(ConfigWarning {
+                    path: KeyPath::of(&[kind.section(), id]),
+                    message: format!("{} {id:?} is defined but no pipeline uses it", kind.noun()),
+                });
+            }
+        }
+    }
+
+    let mut exporters = Vec::new();
+    for (id, settings) in &config.exporters {
+        if !used.contains(&(ComponentKind::Exporter, id.clone())) {
+            continue;
+        }
+        let Some(factory) = registry.exporter(&settings.type_name) else {
+            continue;
+        };
+        let (queue, settings) = match split_exporter_core_keys(settings) {
+            Ok(split) => split,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match factory.build(&settings) {
+            Ok(exporter) => exporters.push(PlannedExporter {
+                id: id.clone(),
+                exporter,
+                queue,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+
+    let mut pipelines = Vec::new();
+    for pipeline in config.pipelines.values() {
+        let mut processors = Vec::new();
+        for id in &pipeline.processors {
+            let Some(settings) = config.processors.get(id) else {
+                continue;
+            };
+            let Some(factory) = registry.processor(&settings.type_name) else {
+                continue;
+            };
+            match factory.build(settings) {
+                Ok(processor) => processors.push((id.clone(), processor)),
+                // A processor used by several pipelines would report the same error each time.
+                Err(e) if errors.contains(&e) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        pipelines.push(PlannedPipeline {
+            name: pipeline.name.clone(),
+            signal: pipeline.signal,
+            processors,
+            exporters: pipeline.exporters.clone(),
+        });
+    }
+
+    let mut receivers = Vec::new();
+    for (id, settings) in &config.receivers {
+        if !used.contains(&(ComponentKind::Receiver, id.clone())) {
+            continue;
+        }
+        let Some(factory) = registry.receiver(&settings.type_name) else {
+            continue;
+        };
+        match factory.build(settings) {
+            Ok(receiver) => {
+                let feeds = config
+                    .pipelines
+                    .values()
+                    .filter(|p| p.receivers.contains(id))
+                    .map(|p| p.name.clone())
+                    .collect();
+                receivers.push(PlannedReceiver {
+                    id: id.clone(),
+                    receiver,
+                    pipelines: feeds,
+                });
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(Plan {
+            exporters,
+            pipelines,
+            receivers,
+            warnings,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks component types and every pipeline's references; returns the components in use.
+fn check_references(
+    config: &Config,
+    registry: &Registry,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeSet<(ComponentKind, String)> {
+    for kind in [
+        ComponentKind::Receiver,
+        ComponentKind::Processor,
+        ComponentKind::Exporter,
+    ] {
+        for settings in config.components(kind).values() {
+            if component_signals(registry, settings).is_none() {
+                let path = if settings.type_name == settings.id {
+                    settings.path()
+                } else {
+                    settings.path().key("type")
+                };
+                let known = registry.type_names(kind).join(", ");
+                errors.push(ConfigError::new(
+                    path,
+                    format!(
+                        "unknown {} type {:?}; known types: {known}",
+                        kind.noun(),
+                        settings.type_name
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut used = BTreeSet::new();
+    for pipeline in config.pipelines.values() {
+        let path = KeyPath::of(&["pipelines", &pipeline.name]);
+        let lists = [
+            (ComponentKind::Receiver, "receivers", &pipeline.receivers),
+            (ComponentKind::Processor, "processors", &pipeline.processors),
+            (ComponentKind::Exporter, "exporters", &pipeline.exporters),
+        ];
+        for (kind, key, ids) in lists {
+            let mut seen = BTreeSet::new();
+            for (index, id) in ids.iter().enumerate() {
+                let at = path.key(key).index(index);
+                if !seen.insert(id) {
+                    errors.push(ConfigError::new(
+                        at,
+                        format!("{} {id:?} is listed twice", kind.noun()),
+                    ));
+                    continue;
+                }
+                let Some(settings) = config.components(kind).get(id) else {
+                    errors.push(ConfigError::new(
+                        at,
+                        format!(
+                            "{} {id:?} is not defined (add a [{}.{id}] table)",
+                            kind.noun(),
+                            kind.section()
+                        ),
+                    ));
+                    continue;
+                };
+                used.insert((kind, id.clone()));
+                if let Some(signals) = component_signals(registry, settings) {
+                    if !signals.contains(&pipeline.signal) {
+                        errors.push(ConfigError::new(
+                            at,
+                            format!(
+                                "{} {id:?} (type {}) does not support {}; it supports {}",
+                                kind.noun(),
+                                settings.type_name,
+                                pipeline.signal,
+                                signals
+                                    .iter()
+                                    .map(|s| s.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    used
+}
+
+fn component_signals(
+    registry: &Registry,
+    settings: &ComponentSettings,
+) -> Option<&'static [Signal]> {
+    match settings.kind {
+        ComponentKind::Receiver => registry.receiver(&settings.type_name).map(|f| f.signals()),
+        ComponentKind::Processor => registry.processor(&settings.type_name).map(|f| f.signals()),
+        ComponentKind::Exporter => registry.exporter(&settings.type_name).map(|f| f.signals()),
+    }
+}
+
+/// Takes the keys every exporter has (`queue`) out of its table.
+fn split_exporter_core_keys(
+    settings: &ComponentSettings,
+) -> Result<(QueueSettings, ComponentSettings), ConfigError> {
+    let mut rest = settings.clone();
+    let mut queue = QueueSettings::default();
+    for key in EXPORTER_CORE_KEYS {
+        if let Some(value) = rest.table.remove(key) {
+            queue = parse_value(&settings.path().key(key), value)?;
+        }
+    }
+    if queue.queue_type != "memory" {
+        return Err(settings.error(
+            "queue",
+            format!(
+                "unknown queue type {:?}; expected \"memory\"",
+                queue.queue_type
+            ),
+        ));
+    }
+    if queue.max_items == 0 {
+        return Err(ConfigError::new(
+            settings.path().key("queue").key("max_items"),
+            "must be at least 1",
+        ));
+    }
+    if queue.consumers == 0 {
+        return Err(ConfigError::new(
+            settings.path().key("queue").key("consumers"),
+            "must be at least 1",
+        ));
+    }
+    Ok((queue, rest))
+}
+
+struct RunningPipeline {
+    name: String,
+    processors: Vec<Arc<dyn RunningProcessor>>,
+}
+
+/// A running pipeline graph.
+pub struct Service {
+    receivers: Vec<(String, Box<dyn Running>)>,
+    pipelines: Vec<RunningPipeline>,
+    exporters: Vec<(String, Arc<QueuedExporter>)>,
+}
+
+impl Service {
+    /// Starts every component of `plan`, back to front. On a start failure, what was already
+    /// started is stopped again before the error is returned.
+    pub async fn start(plan: Plan, telemetry: &Telemetry) -> Result<Service, StartError> {
+        let mut service = Service {
+            receivers: Vec::new(),
+            pipelines: Vec::new(),
+            exporters: Vec::new(),
+        };
+        match service.start_all(plan, telemetry).await {
+            Ok(()) => Ok(service),
+            Err(error) => {
+                service
+                    .shutdown(Instant::now() + std::time::Duration::from_secs(5))
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_all(&mut self, plan: Plan, telemetry: &Telemetry) -> Result<(), StartError> {
+        let mut queues: BTreeMap<String, Arc<QueuedExporter>> = BTreeMap::new();
+        for planned in plan.exporters {
+            let mut exporter = planned.exporter;
+            let ctx = ExporterContext {
+                id: planned.id.clone(),
+                telemetry: telemetry.clone(),
+            };
+            exporter.start(&ctx).await?;
+            let queue =
+                QueuedExporter::start(&planned.id, Arc::from(exporter), planned.queue, telemetry);
+            queues.insert(planned.id.clone(), Arc::clone(&queue));
+            self.exporters.push((planned.id, queue));
+        }
+
+        let mut heads: BTreeMap<String, (Signal, Arc<dyn Consumer>)> = BTreeMap::new();
+        for pipeline in plan.pipelines {
+            let outputs = pipeline
+                .exporters
+                .iter()
+                .filter_map(|id| queues.get(id))
+                .map(|queue| Arc::clone(queue) as Arc<dyn Consumer>)
+                .collect();
+            let mut next = Fanout::over(outputs);
+            let mut processors = Vec::new();
+            for (id, processor) in pipeline.processors.into_iter().rev() {
+                let ctx = ProcessorContext {
+                    id,
+                    pipeline: pipeline.name.clone(),
+                    signal: pipeline.signal,
+                    next,
+                    telemetry: telemetry.clone(),
+                };
+                let running = processor.start(ctx).await?;
+                next = Arc::clone(&running) as Arc<dyn Consumer>;
+                processors.push(running);
+            }
+            processors.reverse();
+            heads.insert(pipeline.name.clone(), (pipeline.signal, next));
+            self.pipelines.push(RunningPipeline {
+                name: pipeline.name,
+                processors,
+            });
+        }
+
+        for planned in plan.receivers {
+            let mut consumers = SignalConsumers::default();
+            for signal in Signal::ALL {
+                let feeds: Vec<Arc<dyn Consumer>> = planned
+                    .pipelines
+                    .iter()
+                    .filter_map(|name| heads.get(name))
+                    .filter(|(s, _)| *s == signal)
+                    .map(|(_, head)| Arc::clone(head))
+                    .collect();
+                if !feeds.is_empty() {
+                    consumers.set(signal, Fanout::over(feeds));
+                }
+            }
+            let ctx = ReceiverContext {
+                id: planned.id.clone(),
+                consumers,
+                telemetry: telemetry.clone(),
+            };
+            let running = planned.receiver.start(ctx).await?;
+            self.receivers.push((planned.id, running));
+        }
+        Ok(())
+    }
+
+    /// Stops the graph front to back: receivers stop accepting, processors flush, exporter
+    /// queues drain until `deadline`; what could not be sent by then is counted and logged.
+    pub async fn shutdown(self, deadline: Instant) {
+        for (id, receiver) in &self.receivers {
+            tracing::debug!(receiver = %id, "stopping");
+            receiver.shutdown().await;
+        }
+        for pipeline in &self.pipelines {
+            for processor in &pipeline.processors {
+                tracing::debug!(pipeline = %pipeline.name, "flushing processor");
+                processor.shutdown().await;
+            }
+        }
+        for (id, queue) in &self.exporters {
+            tracing::debug!(exporter = %id, "draining");
+            queue.shutdown(deadline).await;
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The bounded queue and workers the core puts in front of every exporter.
+//!
+//! Each exporter gets its own queue, so a slow or unreachable backend fills only its own
+//! queue and never delays the other exporters of a pipeline. The queue is bounded in items
+//! (spans, data points, log records), the unit users size backends in.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::batch::Batch;
+use crate::component::{Consumer, Exporter};
+use crate::error::{ConsumeError, ExportError};
+use crate::signal::Signal;
+use crate::telemetry::{ExporterCounters, QueueGauges, Telemetry};
+
+/// What an exporter's queue does when it has no room for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Drop the incoming batch and count it in `sluice_exporter_enqueue_failed_items_total`.
+    DropNewest,
+    /// Refuse the batch, so the pipeline pushes back and receivers answer retryably.
+    Block,
+}
+
+/// The `queue` table of an exporter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// The most items (spans, data points, log records) waiting to be sent.
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// How many batches are sent to the backend at once.
+    #[serde(default = "default_consumers")]
+    pub consumers: usize,
+    /// What happens to a batch that does not fit: `drop_newest` or `block`.
+    #[serde(default = "default_when_full")]
+    pub when_full: WhenFull,
+    /// The queue's kind; only `memory` for now.
+    #[serde(default = "default_queue_type", rename = "type")]
+    pub queue_type: String,
+}
+
+fn default_max_items() -> usize {
+    100_000
+}
+
+fn default_consumers() -> usize {
+    4
+}
+
+fn default_when_full() -> WhenFull {
+    WhenFull::DropNewest
+}
+
+fn default_queue_type() -> String {
+    "memory".to_string()
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            max_items: default_max_items(),
+            consumers: default_consumers(),
+            when_full: default_when_full(),
+            queue_type: default_queue_type(),
+        }
+    }
+}
+
+struct State {
+    batches: VecDeque<Batch>,
+    /// Items waiting in `batches`.
+    items: usize,
+    /// Items being sent by workers, per signal: what is lost if shutdown abandons them.
+    in_flight: [usize; 3],
+    closed: bool,
+}
+
+/// An exporter behind its queue and workers: the consumer pipelines hand batches to.
+pub struct QueuedExporter {
+    id: String,
+    settings: QueueSettings,
+    state: Mutex<State>,
+    not_empty: Notify,
+    exporter: Arc<dyn Exporter>,
+    counters: [ExporterCounters; 3],
+    gauges: QueueGauges,
+    drop_log: RateLimitedLog,
+    workers: Mutex<JoinSet<()>>,
+}
+
+fn counters_index(signal: Signal) -> usize {
+    match signal {
+        Signal::Traces => 0,
+        Signal::Metrics => 1,
+        Signal::Logs => 2,
+    }
+}
+
+impl QueuedExporter {
+    /// Puts `exporter` behind a queue and starts its workers.
+    pub fn start(
+        id: &str,
+        exporter: Arc<dyn Exporter>,
+        settings: QueueSettings,
+        telemetry: &Telemetry,
+    ) -> Arc<QueuedExporter> {
+        let gauges = telemetry.exporter_queue(id);
+        gauges
+            .capacity
+            .set(i64::try_from(settings.max_items).unwrap_or(i64::MAX));
+        gauges.size.set(0);
+        let queue = Arc::new(QueuedExporter {
+            id: id.to_string(),
+            counters: Signal::ALL.map(|signal| telemetry.exporter(id, signal)),
+            gauges,
+            state: Mutex::new(State {
+                batches: VecDeque::new(),
+                items: 0,
+                in_flight: [0; 3],
+                closed: false,
+            }),
+            not_empty: Notify::new(),
+            exporter,
+            drop_log: RateLimitedLog::new(Duration::from_secs(1)),
+            workers: Mutex::new(JoinSet::new()),
+            settings,
+        });
+        let mut workers = JoinSet::new();
+        for _ in 0..queue.settings.consumers.max(1) {
+            workers.spawn(Arc::clone(&queue).work());
+        }
+        *queue.lock_workers() = workers;
+        queue
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A worker never panics while holding the lock (no user code runs under it).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn counters(&self, signal: Signal) -> &ExporterCounters {
+        &self.counters[counters_index(signal)]
+    }
+
+    async fn next_batch(&self) -> Option<Batch> {
+        loop {
+            let notified = self.not_empty.notified();
+            {
+                let mut state = self.lock_state();
+                if let Some(batch) = state.batches.pop_front() {
+                    state.items -= batch.item_count();
+                    state.in_flight[counters_index(batch.signal())] += batch.item_count();
+                    self.gauges
+                        .size
+                        .set(i64::try_from(state.items).unwrap_or(i64::MAX));
+                    if !state.batches.is_empty() {
+                        // Wake another idle worker: one notification may cover several pushes.
+                        self.not_empty.notify_one();
+                    }
+                    return Some(batch);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn work(self: Arc<Self>) {
+        while let Some(batch) = self.next_batch().await {
+            self.send(batch).await;
+        }
+    }
+
+    async fn send(&self, batch: Batch) {
+        let signal = batch.signal();
+        let items = batch.item_count() as u64;
+        let result = self.exporter.export(batch).await;
+        self.lock_state().in_flight[counters_index(signal)] -= items as usize;
+        match result {
+            Ok(()) => self.counters(signal).sent.inc_by(items),
+            Err(error) => {
+                self.counters(signal).send_failed.inc_by(items);
+                let kind = match error {
+                    ExportError::Retryable { .. } => "retryable",
+                    ExportError::Permanent(_) => "permanent",
+                };
+                tracing::warn!(
+                    exporter = %self.id, %signal, items, kind, %error,
+                    "export failed; the batch is dropped"
+                );
+            }
+        }
+    }
+
+    /// Stops taking batches, lets the workers send what is queued until `deadline`, then
+    /// counts and logs what could not be sent.
+    pub async fn shutdown(&self, deadline: Instant) {
+        self.lock_state().closed = true;
+        self.not_empty.notify_waiters();
+        let mut workers = std::mem::take(&mut *self.lock_workers());
+        let drained = tokio::time::timeout_at(deadline.into(), async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+        }
+        let (left, abandoned) = {
+            let mut state = self.lock_state();
+            state.items = 0;
+            (
+                state.batches.drain(..).collect::<Vec<_>>(),
+                std::mem::take(&mut state.in_flight),
+            )
+        };
+        self.gauges.size.set(0);
+        for signal in Signal::ALL {
+            let queued: usize = left
+                .iter()
+                .filter(|b| b.signal() == signal)
+                .map(Batch::item_count)
+                .sum();
+            let items = queued + abandoned[counters_index(signal)];
+            if items > 0 {
+                self.counters(signal).send_failed.inc_by(items as u64);
+                tracing::error!(
+                    exporter = %self.id, %signal, items,
+                    "shutdown timeout reached: queued and in-flight items were not sent"
+                );
+            }
+        }
+        self.exporter.shutdown().await;
+    }
+}
+
+#[async_trait]
+impl Consumer for QueuedExporter {
+    async fn consume(&self, batch: Batch) -> Result<(), ConsumeError> {
+        let items = batch.item_count();
+        if items == 0 {
+            return Ok(());
+        }
+        let signal = batch.signal();
+        {
+            let mut state = self.lock_state();
+            if state.closed {
+                return Err(ConsumeError::ShuttingDown);
+            }
+            // A batch larger than the whole queue still goes in when the queue is empty, so an
+            // oversized batch is sent rather than refused forever.
+            let fits = state.items == 0 || state.items + items <= self.settings.max_items;
+            if fits {
+                state.items += items;
+                state.batches.push_back(batch);
+                self.gauges
+                    .size
+                    .set(i64::try_from(state.items).unwrap_or(i64::MAX));
+                drop(state);
+                self.not_empty.notify_one();
+                return Ok(());
+            }
+        }
+        match self.settings.when_full {
+            WhenFull::Block => Err(ConsumeError::Backpressure(format!(
+                "exporter {} queue is full",
+                self.id
+            ))),
+            WhenFull::DropNewest => {
+                self.counters(signal).enqueue_failed.inc_by(items as u64);
+                if let Some(suppressed) = self.drop_log.should_log() {
+                    tracing::warn!(
+                        exporter = %self.id, %signal, items, suppressed_since_last = suppressed,
+                        capacity = self.settings.max_items,
+                        "exporter queue is full: dropping the batch"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Limits a repeated log line to one per interval, counting the ones it held back.
+struct RateLimitedLog {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    fn new(interval: Duration) -> RateLimitedLog {
+        RateLimitedLog {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether to log now; if so, how many occurrences were not logged since the last one.
+    fn should_log(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.interval => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = state.1;
+                *state = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+/// Hands each batch to several consumers: a receiver feeding several pipelines, or a
+/// pipeline feeding several exporters.
+pub struct Fanout {
+    consumers: Vec<Arc<dyn Consumer>>,
+}
+
+impl Fanout {
+    /// A fan-out to `consumers`, or the consumer itself when there is only one.
+    pub fn over(mut consumers: Vec<Arc<dyn Consumer>>) -> Arc<dyn Consumer> {
+        if consumers.len() == 1 {
+            return consumers.remove(0);
+        }
+        Arc::new(Fanout { consumers })
+    }
+}
+
+#[async_trait]
+impl Consumer for Fanout {
+    async fn consume(&self, mut batch: Batch) -> Result<(), ConsumeError> {
+        // Encode once here rather than once per consumer: clones of an encoded batch share
+        // its bytes.
+        batch.encoded_segments();
+        let mut first_error = None;
+        for consumer in &self.consumers {
+            if let Err(error) = consumer.consume(batch.clone()).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        // Every consumer was given the batch; a refusal by one is reported so the sender can
+        // retry (the others may then see it twice: at-least-once, never lost).
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Request;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use tokio::sync::{Semaphore, mpsc};
+
+    fn spans(n: usize) -> Batch {
+        Batch::from_request(Request::Traces(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..n)
+                        .map(|i| Span {
+                            name: format!("s{i}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }))
+    }
+
+    /// An exporter that reports each batch and waits for a permit before returning.
+    struct GatedExporter {
+        sent: mpsc::UnboundedSender<usize>,
+        gate: Arc<Semaphore>,
+    }
+
+    #[async_trait]
+    impl Exporter for GatedExporter {
+        async fn export(&self, batch: Batch) -> Result<(), ExportError> {
+            let _permit = self
+                .gate
+                .acquire()
+                .await
+                .map_err(|_| ExportError::permanent("closed"))?;
+            let _ = self.sent.send(batch.item_count());
+            Ok(())
+        }
+    }
+
+    fn gated(
+        telemetry: &Telemetry,
+        settings: QueueSettings,
+    ) -> (
+        Arc<QueuedExporter>,
+        mpsc::UnboundedReceiver<usize>,
+        Arc<Semaphore>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(0));
+        let exporter = Arc::new(GatedExporter {
+            sent: tx,
+            gate: Arc::clone(&gate),
+        });
+        (
+            QueuedExporter::start("gated", exporter, settings, telemetry),
+            rx,
+            gate,
+        )
+    }
+
+    fn metric(telemetry: &Telemetry, name: &str) -> String {
+        telemetry
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_newest_and_counts_it() {
+        let telemetry = Telemetry::new();
+        let settings = QueueSettings {
+            max_items: 10,
+            consumers: 1,
+            ..Default::default()
+        };
+        let (queue, mut sent, gate) = gated(&telemetry, settings);
+        // The single worker takes the first batch and waits at the gate; 10 more fill the queue.
+        queue.consume(spans(4)).await.unwrap();
+        queue.consume(spans(6)).await.unwrap();
+        queue.consume(spans(4)).await.unwrap();
+        // Whether the worker already holds the first batch or not, 14 items never fit in 10.
+        queue.consume(spans(3)).await.unwrap();
+        gate.add_permits(100);
+        let mut total = 0;
+        while total < 10 {
+            total += sent.recv().await.unwrap();
+        }
+        let dropped = metric(&telemetry, "sluice_exporter_enqueue_failed_items_total");
+        assert!(
+            dropped.contains("} 3") || dropped.contains("} 7"),
+            "{dropped}"
+        );
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn full_queue_in_block_mode_pushes_back() {
+        let telemetry = Telemetry::new();
+        let settings = QueueSettings {
+            max_items: 5,
+            consumers: 1,
+            when_full: WhenFull::Block,
+            ..Default::default()
+        };
+        let (queue, _sent, gate) = gated(&telemetry, settings);
+        queue.consume(spans(5)).await.unwrap();
+        queue.consume(spans(5)).await.unwrap_or(());
+        let refused = queue.consume(spans(5)).await;
+        assert!(
+            matches!(refused, Err(ConsumeError::Backpressure(_))),
+            "{refused:?}"
+        );
+        gate.add_permits(100);
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_the_queue_before_returning() {
+        let telemetry = Telemetry::new();
+        let (queue, mut sent, gate) = gated(&telemetry, QueueSettings::default());
+        for _ in 0..5 {
+            queue.consume(spans(2)).await.unwrap();
+        }
+        gate.add_permits(100);
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+        let mut total = 0;
+        while let Ok(n) = sent.try_recv() {
+            total += n;
+        }
+        assert_eq!(total, 10);
+        assert!(metric(&telemetry, "sluice_exporter_sent_items_total").contains("} 10"));
+    }
+
+    #[tokio::test]
+    async fn shutdown_timeout_counts_what_was_not_sent() {
+        let telemetry = Telemetry::new();
+        let settings = QueueSettings {
+            consumers: 1,
+            ..Default::default()
+        };
+        let (queue, _sent, _gate) = gated(&telemetry, settings);
+        queue.consume(spans(2)).await.unwrap();
+        queue.consume(spans(3)).await.unwrap();
+        queue
+            .shutdown(Instant::now() + Duration::from_millis(50))
+            .await;
+        // Both the batch abandoned in flight and the one still queued are counted.
+        assert!(metric(&telemetry, "sluice_exporter_send_failed_items_total").contains("} 5"));
+        assert!(matches!(
+            queue.consume(spans(1)).await,
+            Err(ConsumeError::ShuttingDown)
+        ));
+    }
+}
