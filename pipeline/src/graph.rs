@@ -421,3 +421,222 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use async_trait::async_trait;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::batch::Batch;
+    use crate::component::{ExporterFactory, ProcessorFactory, ReceiverFactory};
+    use crate::config::load_str;
+    use crate::error::ExportError;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct FakeConfig {
+        #[serde(default)]
+        endpoint: Option<String>,
+    }
+
+    struct FakeReceiver;
+    #[async_trait]
+    impl Receiver for FakeReceiver {
+        async fn start(
+            self: Box<Self>,
+            _: ReceiverContext,
+        ) -> Result<Box<dyn Running>, StartError> {
+            unreachable!("planning starts nothing")
+        }
+    }
+    struct FakeReceivers;
+    impl ReceiverFactory for FakeReceivers {
+        fn type_name(&self) -> &'static str {
+            "fake_in"
+        }
+        fn signals(&self) -> &'static [Signal] {
+            &Signal::ALL
+        }
+        fn build(&self, settings: &ComponentSettings) -> Result<Box<dyn Receiver>, ConfigError> {
+            settings.parse::<FakeConfig>()?;
+            Ok(Box::new(FakeReceiver))
+        }
+    }
+
+    struct FakeProcessor;
+    #[async_trait]
+    impl Processor for FakeProcessor {
+        async fn start(
+            self: Box<Self>,
+            _: ProcessorContext,
+        ) -> Result<Arc<dyn RunningProcessor>, StartError> {
+            unreachable!("planning starts nothing")
+        }
+    }
+    struct FakeProcessors;
+    impl ProcessorFactory for FakeProcessors {
+        fn type_name(&self) -> &'static str {
+            "fake_proc"
+        }
+        fn signals(&self) -> &'static [Signal] {
+            &Signal::ALL
+        }
+        fn build(&self, settings: &ComponentSettings) -> Result<Box<dyn Processor>, ConfigError> {
+            settings.parse::<FakeConfig>()?;
+            Ok(Box::new(FakeProcessor))
+        }
+    }
+
+    struct FakeExporter;
+    #[async_trait]
+    impl Exporter for FakeExporter {
+        async fn export(&self, _: Batch) -> Result<(), ExportError> {
+            Ok(())
+        }
+    }
+    /// An exporter that only takes metrics, like a Prometheus endpoint.
+    struct MetricsOnlyExporters;
+    impl ExporterFactory for MetricsOnlyExporters {
+        fn type_name(&self) -> &'static str {
+            "metrics_only"
+        }
+        fn signals(&self) -> &'static [Signal] {
+            &[Signal::Metrics]
+        }
+        fn build(&self, settings: &ComponentSettings) -> Result<Box<dyn Exporter>, ConfigError> {
+            settings.parse::<FakeConfig>()?;
+            Ok(Box::new(FakeExporter))
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut registry = Registry::new();
+        registry.add_receiver(FakeReceivers);
+        registry.add_processor(FakeProcessors);
+        registry.add_exporter(MetricsOnlyExporters);
+        registry
+    }
+
+    /// Plans `text` and returns its errors as `sluice validate` prints them.
+    fn plan_errors(text: &str) -> Vec<String> {
+        let config = load_str(Path::new("pipes.toml"), text, |_| None).expect("loads");
+        match plan(&config, &registry()) {
+            Ok(_) => Vec::new(),
+            Err(errors) => config
+                .locate(errors)
+                .to_string()
+                .lines()
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
+    const BASE: &str = r#"[receivers.in]
+type = "fake_in"
+
+[processors.p]
+type = "fake_proc"
+
+[exporters.prom]
+type = "metrics_only"
+"#;
+
+    #[test]
+    fn a_valid_graph_plans_without_errors() {
+        let text = format!(
+            "{BASE}\n[pipelines.metrics]\nreceivers = [\"in\"]\nprocessors = [\"p\"]\nexporters = [\"prom\"]\n"
+        );
+        assert_eq!(plan_errors(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn reference_to_an_undefined_component_names_its_list_entry() {
+        let text = format!(
+            "{BASE}\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"prom\", \"tempo\"]\n"
+        );
+        assert_eq!(
+            plan_errors(&text),
+            vec![
+                "pipes.toml:12: pipelines.metrics.exporters[1]: exporter \"tempo\" is not defined (add a [exporters.tempo] table)"
+            ]
+        );
+    }
+
+    #[test]
+    fn component_in_a_pipeline_of_a_signal_it_does_not_support_is_an_error() {
+        let text =
+            format!("{BASE}\n[pipelines.traces]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n");
+        assert_eq!(
+            plan_errors(&text),
+            vec![
+                "pipes.toml:12: pipelines.traces.exporters[0]: exporter \"prom\" (type metrics_only) does not support traces; it supports metrics"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_a_component_table_name_the_key() {
+        let text = format!(
+            "{BASE}endpiont = \"x\"\n\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n"
+        );
+        let errors = plan_errors(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .starts_with("pipes.toml:9: exporters.prom.endpiont: unknown field `endpiont`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_component_type_lists_the_known_ones() {
+        let text = "[receivers.in]\ntype = \"fake_in\"\n[exporters.x]\ntype = \"zipkin\"\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"x\"]\n";
+        assert_eq!(
+            plan_errors(text),
+            vec![
+                "pipes.toml:4: exporters.x.type: unknown exporter type \"zipkin\"; known types: metrics_only"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        let text = format!(
+            "{BASE}\n[pipelines.metrics]\nreceivers = [\"nope\"]\nprocessors = [\"p\", \"p\"]\nexporters = [\"prom\"]\n\n[pipelines.traces]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n"
+        );
+        let errors = plan_errors(&text);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].contains("pipelines.metrics.receivers[0]: receiver \"nope\" is not defined")
+        );
+        assert!(
+            errors[1].contains("pipelines.metrics.processors[1]: processor \"p\" is listed twice")
+        );
+        assert!(errors[2].contains("pipelines.traces.exporters[0]: exporter \"prom\" (type metrics_only) does not support traces"));
+    }
+
+    #[test]
+    fn unused_components_are_warnings() {
+        let text =
+            format!("{BASE}\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n");
+        let config = load_str(Path::new("pipes.toml"), &text, |_| None).unwrap();
+        let plan = plan(&config, &registry()).unwrap();
+        assert_eq!(plan.warnings.len(), 1);
+        assert_eq!(plan.warnings[0].path.to_string(), "processors.p");
+    }
+
+    #[test]
+    fn exporter_queue_settings_are_checked_by_the_core() {
+        let text = format!(
+            "{BASE}queue = {{ max_items = 0 }}\n\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n"
+        );
+        assert_eq!(
+            plan_errors(&text),
+            vec!["pipes.toml:9: exporters.prom.queue.max_items: must be at least 1"]
+        );
+    }
+}
