@@ -5,6 +5,7 @@
 //! - [`debug`]: prints batches to stdout.
 
 pub mod otlp_common;
+pub mod otlp_grpc;
 pub mod otlp_http;
 
 #[cfg(test)]
@@ -12,5 +13,6 @@ mod test_data;
 
 /// Adds every exporter of this crate to `registry`.
 pub fn register(registry: &mut sluice_pipeline::Registry) {
+    registry.add_exporter(otlp_grpc::OtlpGrpcFactory);
     registry.add_exporter(otlp_http::OtlpHttpFactory);
 }
