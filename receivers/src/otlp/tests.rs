@@ -4,9 +4,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use ::http::{HeaderMap, StatusCode};
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
-use ::http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -529,6 +529,27 @@ fn config_defaults_the_body_limit_to_20_mib() {
 }
 
 #[test]
+fn readme_example_is_a_valid_config_with_the_documented_defaults() {
+    let readme = include_str!("../../README.md");
+    let example = readme
+        .split("```toml")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has a TOML example");
+    let file: toml::Table = toml::from_str(example).unwrap();
+    let table = file["receivers"]["otlp"].as_table().unwrap().clone();
+    let mut example_settings = settings("");
+    example_settings.table = table;
+    let config = OtlpConfig::from_settings(&example_settings).unwrap();
+    assert_eq!(config.grpc, Some("127.0.0.1:4317".parse().unwrap()));
+    assert_eq!(config.http, Some("127.0.0.1:4318".parse().unwrap()));
+    assert_eq!(
+        config.max_request_body_size,
+        default_max_request_body_size()
+    );
+}
+
+#[test]
 fn config_without_any_transport_is_an_error_naming_the_table() {
     let error = OtlpConfig::from_settings(&settings("max_request_body_size = 10")).unwrap_err();
     assert_eq!(error.path.to_string(), "receivers.otlp");
@@ -1026,7 +1047,7 @@ async fn http_truncated_gzip_is_400() {
 
 #[tokio::test]
 async fn http_gzip_bomb_is_413() {
-    let limit = 1024 * 1024;
+    let limit = 256 * 1024;
     let h = Harness::start_with(&Signal::ALL, limit).await;
     let bomb = gzip(&vec![0u8; 16 * limit]);
     assert!(bomb.len() < limit);
