@@ -4,6 +4,7 @@
 //! - [`otlp_http`]: OTLP over HTTP, protobuf or JSON (hyper).
 //! - [`debug`]: prints batches to stdout.
 
+pub mod debug;
 pub mod otlp_common;
 pub mod otlp_grpc;
 pub mod otlp_http;
@@ -15,4 +16,5 @@ mod test_data;
 pub fn register(registry: &mut sluice_pipeline::Registry) {
     registry.add_exporter(otlp_grpc::OtlpGrpcFactory);
     registry.add_exporter(otlp_http::OtlpHttpFactory);
+    registry.add_exporter(debug::DebugFactory);
 }
