@@ -283,6 +283,10 @@ where
                 if f.fract() != 0.0 || !f.is_finite() {
                     return Err(path.error(format!("expected an integer, found {n}")));
                 }
+                // `as` saturates, so check the range first (2^64 and -2^63 are exact in f64).
+                if !(-9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0).contains(&f) {
+                    return Err(out_of_range());
+                }
                 if f < 0.0 {
                     T::try_from(f as i64).map_err(|_| out_of_range())
                 } else {

@@ -375,7 +375,8 @@ impl RateLimit {
     fn allow(&self) -> Option<u64> {
         let now = self.origin.elapsed().as_millis() as u64 + 1;
         let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now - last < 1000 {
+        // Another thread may have stored a later time than ours: that counts as recent.
+        if last != 0 && now.saturating_sub(last) < 1000 {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
             return None;
         }

@@ -177,6 +177,8 @@ fn integers_out_of_range_or_fractional_are_rejected() {
         ("flags", json!(-1)),
         ("flags", json!(4294967296u64)),
         ("timeUnixNano", json!(1.5)),
+        ("timeUnixNano", json!(1e30)),
+        ("timeUnixNano", json!(-1.0)),
         ("timeUnixNano", json!("12abc")),
     ] {
         let mut point = json!({"asInt": 1});
@@ -190,6 +192,16 @@ fn integers_out_of_range_or_fractional_are_rejected() {
 fn two_values_in_one_data_point_are_rejected() {
     let error = decode_metrics(&gauge_with(json!({"asInt": 1, "asDouble": 2.0}))).unwrap_err();
     assert!(error.contains("only one"), "{error}");
+}
+
+#[test]
+fn integral_numbers_with_exponents_are_integers_and_huge_ones_out_of_range() {
+    let request = decode_metrics(&gauge_with(json!({"asInt": 1e3, "timeUnixNano": 2e18}))).unwrap();
+    let point = gauge_point(&request);
+    assert_eq!(point.value, Some(NumberValue::AsInt(1000)));
+    assert_eq!(point.time_unix_nano, 2_000_000_000_000_000_000);
+    let error = decode_metrics(&gauge_with(json!({"asInt": -1e30}))).unwrap_err();
+    assert!(error.contains("out of range"), "{error}");
 }
 
 #[test]
