@@ -230,23 +230,23 @@ fn check_references(
                     continue;
                 };
                 used.insert((kind, id.clone()));
-                if let Some(signals) = component_signals(registry, settings) {
-                    if !signals.contains(&pipeline.signal) {
-                        errors.push(ConfigError::new(
-                            at,
-                            format!(
-                                "{} {id:?} (type {}) does not support {}; it supports {}",
-                                kind.noun(),
-                                settings.type_name,
-                                pipeline.signal,
-                                signals
-                                    .iter()
-                                    .map(|s| s.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        ));
-                    }
+                if let Some(signals) = component_signals(registry, settings)
+                    && !signals.contains(&pipeline.signal)
+                {
+                    errors.push(ConfigError::new(
+                        at,
+                        format!(
+                            "{} {id:?} (type {}) does not support {}; it supports {}",
+                            kind.noun(),
+                            settings.type_name,
+                            pipeline.signal,
+                            signals
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
                 }
             }
         }

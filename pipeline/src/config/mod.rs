@@ -235,10 +235,9 @@ pub fn parse_value<T: DeserializeOwned>(
         if let Some(unknown) = message
             .strip_prefix("unknown field `")
             .and_then(|m| m.split('`').next())
+            && path.0.last() != Some(&PathSegment::Key(unknown.to_string()))
         {
-            if path.0.last() != Some(&PathSegment::Key(unknown.to_string())) {
-                path = path.key(unknown);
-            }
+            path = path.key(unknown);
         }
         ConfigError::new(path, message)
     })
