@@ -1,0 +1,7 @@
+//! Sluice's AI gateway: an OpenAI-compatible proxy in front of model providers. Every request
+//! it handles, refused ones included, becomes one [`RequestEvent`] on a bounded channel; the
+//! `gateway` receiver turns those events into spans, metrics and log records.
+
+pub mod event;
+
+pub use event::RequestEvent;
