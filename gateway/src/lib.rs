@@ -5,3 +5,4 @@
 pub mod event;
 
 pub use event::RequestEvent;
+pub mod config;
