@@ -2,7 +2,12 @@
 //! it handles, refused ones included, becomes one [`RequestEvent`] on a bounded channel; the
 //! `gateway` receiver turns those events into spans, metrics and log records.
 
-pub mod event;
-
-pub use event::RequestEvent;
 pub mod config;
+pub mod event;
+pub mod mock;
+mod openai;
+pub mod trace;
+
+pub use config::GatewayConfig;
+pub use event::RequestEvent;
+pub use mock::{MockProvider, mock_router};
