@@ -33,7 +33,7 @@ fn span(i: usize) -> Span {
         trace_id: [id.to_le_bytes(), (id * 7).to_le_bytes()].concat(),
         span_id: (id * 13).to_le_bytes().to_vec(),
         parent_span_id: (id * 17).to_le_bytes().to_vec(),
-        name: format!("POST /v1/chat/completions {}", i % 10),
+        name: format!("chat gpt-4o-mini {}", i % 10),
         kind: span::SpanKind::Client as i32,
         start_time_unix_nano: 1_700_000_000_000_000_000 + id * 1_000,
         end_time_unix_nano: 1_700_000_000_000_000_000 + id * 1_000 + 250_000_000,
@@ -46,9 +46,7 @@ fn span(i: usize) -> Span {
             attribute("http.request.method", Value::StringValue("POST".into())),
             attribute(
                 "url.full",
-                Value::StringValue(format!(
-                    "https://api.openai.example/v1/chat/completions?request={i:08}"
-                )),
+                Value::StringValue(format!("https://api.example.com/v1/chat/completions?r={i}")),
             ),
             attribute(
                 "gen_ai.response.id",

@@ -96,7 +96,7 @@ fn split_encoded(
             }
             let (field, wire_type) = walk::key(&mut rest).map_err(fail)?;
             if field != ENTRY_FIELD || wire_type != LENGTH_DELIMITED {
-                walk::skip(field, wire_type, &mut rest, RECURSION_LIMIT).map_err(fail)?;
+                rest = walk::skip(field, wire_type, rest, RECURSION_LIMIT).map_err(fail)?;
                 continue;
             }
             let entry = walk::length_delimited(&mut rest).map_err(fail)?;

@@ -49,14 +49,18 @@ pub(super) fn varint(buf: &mut &[u8]) -> Result<u64, &'static str> {
             *buf = &buf[1..];
             Ok(u64::from(byte))
         }
-        Some(_) => varint_multi_byte(buf),
-        None => Err(INVALID_VARINT),
+        _ => {
+            let (value, len) = varint_multi_byte(buf)?;
+            *buf = &buf[len..];
+            Ok(value)
+        }
     }
 }
 
+/// The value and length of a varint that is not a single byte. Takes and returns plain
+/// values so that the caller's cursor stays in registers.
 #[inline(never)]
-fn varint_multi_byte(buf: &mut &[u8]) -> Result<u64, &'static str> {
-    let bytes = *buf;
+fn varint_multi_byte(bytes: &[u8]) -> Result<(u64, usize), &'static str> {
     let mut value = 0u64;
     for (i, &byte) in bytes.iter().take(10).enumerate() {
         value |= u64::from(byte & 0x7f) << (7 * i);
@@ -64,8 +68,7 @@ fn varint_multi_byte(buf: &mut &[u8]) -> Result<u64, &'static str> {
             if i == 9 && byte > 1 {
                 return Err(INVALID_VARINT);
             }
-            *buf = &bytes[i + 1..];
-            return Ok(value);
+            return Ok((value, i + 1));
         }
     }
     Err(INVALID_VARINT)
@@ -113,13 +116,18 @@ fn advance(buf: &mut &[u8], n: usize) -> Result<(), &'static str> {
 
 /// Skips an unknown field whose key has been read, as prost's `skip_field` does: a group is
 /// skipped up to its matching end-group key, each level of nesting taking one from `budget`,
-/// and any unknown field read with an exhausted budget is rejected.
+/// and any unknown field read with an exhausted budget is rejected. Returns what follows it.
 pub(super) fn skip(
     field: u32,
     wire_type: u32,
-    buf: &mut &[u8],
+    mut buf: &[u8],
     budget: u32,
-) -> Result<(), &'static str> {
+) -> Result<&[u8], &'static str> {
+    skip_in(field, wire_type, &mut buf, budget)?;
+    Ok(buf)
+}
+
+fn skip_in(field: u32, wire_type: u32, buf: &mut &[u8], budget: u32) -> Result<(), &'static str> {
     if budget == 0 {
         return Err(TOO_DEEP);
     }
@@ -136,7 +144,7 @@ pub(super) fn skip(
                     Err(UNMATCHED_END_GROUP)
                 };
             }
-            skip(inner_field, inner_wire_type, buf, budget - 1)?;
+            skip_in(inner_field, inner_wire_type, buf, budget - 1)?;
         },
         FIXED32 => advance(buf, 4),
         _ => Err(UNMATCHED_END_GROUP),
@@ -180,7 +188,7 @@ pub(super) fn walk<const VALIDATE: bool>(
         match action {
             Action::InvalidKey => return Err(fail(INVALID_KEY)),
             Action::WrongWireType => return Err(fail(WRONG_WIRE_TYPE)),
-            Action::Skip => skip(field, wire_type, &mut buf, budget).map_err(fail)?,
+            Action::Skip => buf = skip(field, wire_type, buf, budget).map_err(fail)?,
             Action::Varint => {
                 varint(&mut buf).map_err(fail)?;
             }
