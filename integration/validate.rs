@@ -16,7 +16,11 @@ fn validate(config: &str) -> (bool, String, String) {
         .env_remove("SLUICE_TEST_UNSET")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text, file.display().to_string())
 }
 
@@ -49,30 +53,55 @@ fn a_valid_config_passes() {
 
 #[test]
 fn unknown_key_is_reported_with_file_line_and_key_path() {
-    let config = VALID.replace("endpoint = \"http://127.0.0.1:14317\"", "endpoint = \"http://127.0.0.1:14317\"\nendpiont = \"typo\"");
+    let config = VALID.replace(
+        "endpoint = \"http://127.0.0.1:14317\"",
+        "endpoint = \"http://127.0.0.1:14317\"\nendpiont = \"typo\"",
+    );
     let (ok, text, file) = validate(&config);
     assert!(!ok);
-    assert!(text.contains(&format!("{file}:13: exporters.tempo.endpiont: unknown field `endpiont`")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}:13: exporters.tempo.endpiont: unknown field `endpiont`"
+        )),
+        "{text}"
+    );
 }
 
 #[test]
 fn reference_to_an_undefined_component_is_reported() {
-    let config = VALID.replace("exporters = [\"tempo\"]", "exporters = [\"tempo\", \"honeycomb\"]");
+    let config = VALID.replace(
+        "exporters = [\"tempo\"]",
+        "exporters = [\"tempo\", \"honeycomb\"]",
+    );
     let (ok, text, file) = validate(&config);
     assert!(!ok);
     assert!(
-        text.contains(&format!("{file}:18: pipelines.traces.exporters[1]: exporter \"honeycomb\" is not defined")),
+        text.contains(&format!(
+            "{file}:18: pipelines.traces.exporters[1]: exporter \"honeycomb\" is not defined"
+        )),
         "{text}"
     );
 }
 
 #[test]
 fn pipeline_without_receivers_or_exporters_is_reported() {
-    let config = VALID.replace("receivers = [\"otlp\"]\n", "").replace("exporters = [\"tempo\"]\n", "");
+    let config = VALID
+        .replace("receivers = [\"otlp\"]\n", "")
+        .replace("exporters = [\"tempo\"]\n", "");
     let (ok, text, file) = validate(&config);
     assert!(!ok);
-    assert!(text.contains(&format!("{file}:15: pipelines.traces.receivers: a pipeline needs at least one receiver")), "{text}");
-    assert!(text.contains(&format!("{file}:15: pipelines.traces.exporters: a pipeline needs at least one exporter")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}:15: pipelines.traces.receivers: a pipeline needs at least one receiver"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{file}:15: pipelines.traces.exporters: a pipeline needs at least one exporter"
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -80,7 +109,12 @@ fn unset_environment_variable_without_default_is_reported() {
     let config = VALID.replace("${SLUICE_TEST_UNSET:-default}", "${SLUICE_TEST_UNSET}");
     let (ok, text, file) = validate(&config);
     assert!(!ok);
-    assert!(text.contains(&format!("{file}:13: environment variable SLUICE_TEST_UNSET is not set")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}:13: environment variable SLUICE_TEST_UNSET is not set"
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -88,7 +122,12 @@ fn invalid_value_is_reported_with_its_key() {
     let config = VALID.replace("timeout = \"100ms\"", "timeout = \"soon\"");
     let (ok, text, file) = validate(&config);
     assert!(!ok);
-    assert!(text.contains(&format!("{file}:9: processors.batch.timeout: invalid duration \"soon\"")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}:9: processors.batch.timeout: invalid duration \"soon\""
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -96,20 +135,37 @@ fn unknown_component_type_is_reported() {
     let config = VALID.replace("type = \"otlp_grpc\"", "type = \"zipkin\"");
     let (ok, text, file) = validate(&config);
     assert!(!ok);
-    assert!(text.contains(&format!("{file}:11: exporters.tempo.type: unknown exporter type \"zipkin\"")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}:11: exporters.tempo.type: unknown exporter type \"zipkin\""
+        )),
+        "{text}"
+    );
 }
 
 #[test]
 fn every_error_is_listed_in_one_run() {
     let config = VALID
         .replace("timeout = \"100ms\"", "timeout = \"soon\"")
-        .replace("exporters = [\"tempo\"]", "exporters = [\"tempo\", \"nope\"]")
+        .replace(
+            "exporters = [\"tempo\"]",
+            "exporters = [\"tempo\", \"nope\"]",
+        )
         .replace("grpc = \"127.0.0.1:0\"", "grpc = \"not an address\"");
     let (ok, text, file) = validate(&config);
     assert!(!ok);
-    assert!(text.contains(&format!("{file}:9: processors.batch.timeout")), "{text}");
-    assert!(text.contains(&format!("{file}:18: pipelines.traces.exporters[1]")), "{text}");
-    assert!(text.contains(&format!("{file}:5: receivers.otlp.grpc")), "{text}");
+    assert!(
+        text.contains(&format!("{file}:9: processors.batch.timeout")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{file}:18: pipelines.traces.exporters[1]")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{file}:5: receivers.otlp.grpc")),
+        "{text}"
+    );
     assert!(text.contains("3 error(s)"), "{text}");
 }
 
@@ -118,7 +174,12 @@ fn unused_component_is_a_warning_not_an_error() {
     let config = format!("{VALID}\n[exporters.debug]\n");
     let (ok, text, file) = validate(&config);
     assert!(ok, "{text}");
-    assert!(text.contains(&format!("{file}:21: exporters.debug: exporter \"debug\" is defined but no pipeline uses it")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}:21: exporters.debug: exporter \"debug\" is defined but no pipeline uses it"
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -131,8 +192,14 @@ fn a_syntax_error_is_reported_with_its_line() {
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
-    let output = Command::new(common::sluice_binary()).args(["validate", "--config", "/nonexistent/sluice.toml"]).output().unwrap();
+    let output = Command::new(common::sluice_binary())
+        .args(["validate", "--config", "/nonexistent/sluice.toml"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stderr);
-    assert!(text.contains("/nonexistent/sluice.toml: cannot read the file"), "{text}");
+    assert!(
+        text.contains("/nonexistent/sluice.toml: cannot read the file"),
+        "{text}"
+    );
 }

@@ -8,17 +8,27 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{Notify, oneshot};
 
 use super::PATIENCE;
 
@@ -36,7 +46,12 @@ pub struct Received {
 
 impl Received {
     pub fn span_count(&self) -> usize {
-        self.traces.iter().flat_map(|r| &r.resource_spans).flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
+        self.traces
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
     }
 
     pub fn data_point_count(&self) -> usize {
@@ -58,7 +73,12 @@ impl Received {
     }
 
     pub fn log_record_count(&self) -> usize {
-        self.logs.iter().flat_map(|r| &r.resource_logs).flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum()
+        self.logs
+            .iter()
+            .flat_map(|r| &r.resource_logs)
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum()
     }
 }
 
@@ -119,14 +139,33 @@ impl Backend {
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(service.clone()).accept_compressed(Gzip).max_decoding_message_size(256 << 20))
-                .add_service(MetricsServiceServer::new(service.clone()).accept_compressed(Gzip).max_decoding_message_size(256 << 20))
-                .add_service(LogsServiceServer::new(service).accept_compressed(Gzip).max_decoding_message_size(256 << 20))
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
-                    let _ = stopped.await;
-                }),
+                .add_service(
+                    TraceServiceServer::new(service.clone())
+                        .accept_compressed(Gzip)
+                        .max_decoding_message_size(256 << 20),
+                )
+                .add_service(
+                    MetricsServiceServer::new(service.clone())
+                        .accept_compressed(Gzip)
+                        .max_decoding_message_size(256 << 20),
+                )
+                .add_service(
+                    LogsServiceServer::new(service)
+                        .accept_compressed(Gzip)
+                        .max_decoding_message_size(256 << 20),
+                )
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
-        Backend { address, recorder, _stop: stop }
+        Backend {
+            address,
+            recorder,
+            _stop: stop,
+        }
     }
 
     /// An OTLP/HTTP server on /v1/{traces,metrics,logs} taking protobuf or JSON, plain or gzip.
@@ -145,14 +184,22 @@ impl Backend {
                 let Ok((stream, _)) = accepted else { continue };
                 let recorder = shared.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| handle_http(recorder.clone(), request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let service = hyper::service::service_fn(move |request| {
+                        handle_http(recorder.clone(), request)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
                 });
             }
         });
-        Backend { address, recorder, _stop: stop }
+        Backend {
+            address,
+            recorder,
+            _stop: stop,
+        }
     }
 
     /// A server that accepts connections and never reads or answers: a hung backend.
@@ -169,7 +216,11 @@ impl Backend {
                 }
             }
         });
-        Backend { address, recorder: Recorder::default(), _stop: stop }
+        Backend {
+            address,
+            recorder: Recorder::default(),
+            _stop: stop,
+        }
     }
 
     /// The base URL, e.g. `http://127.0.0.1:4318`.
@@ -226,31 +277,51 @@ impl LogsService for GrpcService {
     }
 }
 
+/// Adds one decoded request to what a backend received.
+type Store = Box<dyn FnOnce(&mut Received) + Send>;
+
 fn respond(status: u16, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     response
 }
 
-async fn handle_http(recorder: Recorder, request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle_http(
+    recorder: Recorder,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
-    let Ok(collected) = body.collect().await else { return Ok(respond(400, "unreadable body")) };
+    let Ok(collected) = body.collect().await else {
+        return Ok(respond(400, "unreadable body"));
+    };
     let raw = collected.to_bytes();
-    let body = if parts.headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+    let body = if parts
+        .headers
+        .get("content-encoding")
+        .is_some_and(|v| v == "gzip")
+    {
         let mut plain = Vec::new();
-        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut plain).is_err() {
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut plain)
+            .is_err()
+        {
             return Ok(respond(400, "bad gzip"));
         }
         Bytes::from(plain)
     } else {
         raw.clone()
     };
-    let json = parts.headers.get("content-type").is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json"));
+    let json = parts
+        .headers
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json"));
     let path = parts.uri.path().to_string();
-    let decoded: Result<Box<dyn FnOnce(&mut Received) + Send>, String> = match path.as_str() {
-        "/v1/traces" => decode::<ExportTraceServiceRequest>(&body, json).map(|r| Box::new(move |rec: &mut Received| rec.traces.push(r)) as _),
-        "/v1/metrics" => decode::<ExportMetricsServiceRequest>(&body, json).map(|r| Box::new(move |rec: &mut Received| rec.metrics.push(r)) as _),
-        "/v1/logs" => decode::<ExportLogsServiceRequest>(&body, json).map(|r| Box::new(move |rec: &mut Received| rec.logs.push(r)) as _),
+    let decoded: Result<Store, String> = match path.as_str() {
+        "/v1/traces" => decode::<ExportTraceServiceRequest>(&body, json)
+            .map(|r| Box::new(move |rec: &mut Received| rec.traces.push(r)) as _),
+        "/v1/metrics" => decode::<ExportMetricsServiceRequest>(&body, json)
+            .map(|r| Box::new(move |rec: &mut Received| rec.metrics.push(r)) as _),
+        "/v1/logs" => decode::<ExportLogsServiceRequest>(&body, json)
+            .map(|r| Box::new(move |rec: &mut Received| rec.logs.push(r)) as _),
         _ => return Ok(respond(404, "unknown path")),
     };
     match decoded {
@@ -261,7 +332,16 @@ async fn handle_http(recorder: Recorder, request: Request<hyper::body::Incoming>
                 store(r);
             });
             let mut response = respond(200, if json { "{}" } else { "" });
-            response.headers_mut().insert("content-type", if json { "application/json" } else { "application/x-protobuf" }.parse().unwrap());
+            response.headers_mut().insert(
+                "content-type",
+                if json {
+                    "application/json"
+                } else {
+                    "application/x-protobuf"
+                }
+                .parse()
+                .unwrap(),
+            );
             Ok(response)
         }
         Err(e) => {
@@ -271,7 +351,10 @@ async fn handle_http(recorder: Recorder, request: Request<hyper::body::Incoming>
     }
 }
 
-fn decode<T: Message + Default + serde::de::DeserializeOwned>(body: &[u8], json: bool) -> Result<T, String> {
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+    json: bool,
+) -> Result<T, String> {
     if json {
         serde_json::from_slice(body).map_err(|e| e.to_string())
     } else {

@@ -79,14 +79,27 @@ impl Sluice {
             .expect("the sluice binary was built by cargo for this test");
         let stdout = Output::default().collect(child.stdout.take().unwrap());
         let stderr = Output::default().collect(child.stderr.take().unwrap());
-        let mut sluice = Sluice { child, admin, stdout, stderr, _dir: dir };
+        let mut sluice = Sluice {
+            child,
+            admin,
+            stdout,
+            stderr,
+            _dir: dir,
+        };
         let deadline = Instant::now() + PATIENCE;
         for address in std::iter::once(&admin).chain(listening) {
             while TcpStream::connect(address).is_err() {
                 if let Ok(Some(status)) = sluice.child.try_wait() {
-                    panic!("sluice exited with {status} before listening:\n{}", sluice.stderr.text());
+                    panic!(
+                        "sluice exited with {status} before listening:\n{}",
+                        sluice.stderr.text()
+                    );
                 }
-                assert!(Instant::now() < deadline, "sluice did not listen on {address}:\n{}", sluice.stderr.text());
+                assert!(
+                    Instant::now() < deadline,
+                    "sluice did not listen on {address}:\n{}",
+                    sluice.stderr.text()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -126,7 +139,11 @@ impl Drop for Sluice {
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -142,7 +159,11 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 pub fn http_get(address: SocketAddr, path: &str) -> String {
     use std::io::Write;
     let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (_, body) = response.split_once("\r\n\r\n").unwrap_or(("", ""));
