@@ -441,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let example = readme
+            .split("```toml")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let mut file: toml::Table = toml::from_str(example).unwrap();
+        let Some(toml::Value::Table(gateway)) = file.remove("gateway") else {
+            panic!("the example has a [gateway] table");
+        };
+        let config = GatewayConfig::from_table(&KeyPath::of(&["gateway"]), gateway).unwrap();
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.keys[0].id, "team-a");
+    }
+
+    #[test]
     fn an_empty_table_is_a_gateway_with_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.listen, default_listen());

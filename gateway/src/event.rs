@@ -123,8 +123,8 @@ pub struct Timings {
     /// Authentication, rate limiting and route selection were done (end of the routing span);
     /// `None` when the request was refused before routing.
     pub routing_done_unix_nano: Option<u64>,
-    /// The first response byte (non-streaming) or the first SSE event (streaming) from the
-    /// upstream that answered; the basis of time to first token.
+    /// The response head (non-streaming) or the first SSE event (streaming) from the
+    /// upstream that answered; for streams, the basis of time to first token.
     pub first_chunk_unix_nano: Option<u64>,
     /// The last SSE event of a stream (or the end of a non-streaming body).
     pub last_chunk_unix_nano: Option<u64>,

@@ -768,6 +768,7 @@ async fn proxy(
                 continue;
             }
         };
+        let answered = now_unix_nano();
         let status = response.status();
         attempt.status_code = Some(status.as_u16());
         let is_stream = response
@@ -776,7 +777,6 @@ async fn proxy(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if status.is_success() && is_stream {
-            pending.event.timings.first_chunk_unix_nano = None;
             return stream_response(pending, attempt, response, strip_usage);
         }
         let (parts, upstream_body) = response.into_parts();
@@ -836,7 +836,8 @@ async fn proxy(
             }
             return pending.finish(response, Some((&error_type, &message)));
         }
-        pending.event.timings.first_chunk_unix_nano = Some(attempt.start_unix_nano.max(now));
+        // Unstreamed, the first chunk is the response head: what the client waited for.
+        pending.event.timings.first_chunk_unix_nano = Some(answered);
         pending.event.timings.last_chunk_unix_nano = Some(now);
         pending.event.attempts.push(attempt);
         if let Ok(answer) = serde_json::from_slice::<Value>(&bytes) {
