@@ -324,10 +324,10 @@ pub fn logs_request() -> ExportLogsServiceRequest {
 
 /// A component table as the config loader hands it to a factory.
 pub fn settings(type_name: &str, toml_text: &str) -> sluice_pipeline::ComponentSettings {
-    sluice_pipeline::ComponentSettings {
-        kind: sluice_pipeline::config::ComponentKind::Exporter,
-        id: "test".into(),
-        type_name: type_name.into(),
-        table: toml::from_str(toml_text).expect("test config is valid TOML"),
-    }
+    sluice_pipeline::ComponentSettings::new(
+        sluice_pipeline::config::ComponentKind::Exporter,
+        "test",
+        type_name,
+        toml::from_str(toml_text).expect("test config is valid TOML"),
+    )
 }

@@ -81,6 +81,13 @@ pub trait ReceiverFactory: Send + Sync {
     fn signals(&self) -> &'static [Signal];
     /// Checks the configuration and builds the receiver without starting anything.
     fn build(&self, settings: &ComponentSettings) -> Result<Box<dyn Receiver>, ConfigError>;
+
+    /// Whether the receiver is configured by a top-level section named after its type (the
+    /// `[gateway]` table) instead of under `[receivers]`. Such a receiver is a service in its
+    /// own right: it runs even when no pipeline takes its data.
+    fn is_section(&self) -> bool {
+        false
+    }
 }
 
 /// What a processor is given when it starts in one pipeline.
@@ -207,6 +214,15 @@ impl Registry {
             .iter()
             .find(|f| f.type_name() == type_name)
             .map(|f| &**f)
+    }
+
+    /// The names of the top-level sections receivers define (`gateway`).
+    pub fn section_names(&self) -> Vec<&'static str> {
+        self.receivers
+            .iter()
+            .filter(|f| f.is_section())
+            .map(|f| f.type_name())
+            .collect()
     }
 
     /// The type names of a kind of component, for error messages.

@@ -64,7 +64,11 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
 
-    let used = check_references(config, registry, &mut errors);
+    let mut used = check_references(config, registry, &mut errors);
+    // A section's receiver is a service in its own right and runs without pipelines.
+    for section in &config.sections {
+        used.insert((ComponentKind::Receiver, section.clone()));
+    }
     for kind in [
         ComponentKind::Receiver,
         ComponentKind::Processor,
@@ -174,12 +178,33 @@ fn check_references(
     registry: &Registry,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeSet<(ComponentKind, String)> {
+    for section in &config.sections {
+        if !registry.receiver(section).is_some_and(|f| f.is_section()) {
+            let mut expected = vec![
+                "service",
+                "receivers",
+                "processors",
+                "exporters",
+                "pipelines",
+            ];
+            expected.extend(registry.section_names());
+            errors.push(ConfigError::new(
+                KeyPath::of(&[section]),
+                format!("unknown section; expected one of: {}", expected.join(", ")),
+            ));
+        }
+    }
     for kind in [
         ComponentKind::Receiver,
         ComponentKind::Processor,
         ComponentKind::Exporter,
     ] {
         for settings in config.components(kind).values() {
+            let is_section =
+                kind == ComponentKind::Receiver && config.sections.contains(&settings.id);
+            if is_section {
+                continue;
+            }
             if component_signals(registry, settings).is_none() {
                 let path = if settings.type_name == settings.id {
                     settings.path()
@@ -467,6 +492,24 @@ mod tests {
         }
     }
 
+    /// A receiver configured by its own top-level section, like the gateway.
+    struct FakeSection;
+    impl ReceiverFactory for FakeSection {
+        fn type_name(&self) -> &'static str {
+            "portal"
+        }
+        fn signals(&self) -> &'static [Signal] {
+            &Signal::ALL
+        }
+        fn build(&self, settings: &ComponentSettings) -> Result<Box<dyn Receiver>, ConfigError> {
+            settings.parse::<FakeConfig>()?;
+            Ok(Box::new(FakeReceiver))
+        }
+        fn is_section(&self) -> bool {
+            true
+        }
+    }
+
     struct FakeProcessor;
     #[async_trait]
     impl Processor for FakeProcessor {
@@ -516,6 +559,7 @@ mod tests {
     fn registry() -> Registry {
         let mut registry = Registry::new();
         registry.add_receiver(FakeReceivers);
+        registry.add_receiver(FakeSection);
         registry.add_processor(FakeProcessors);
         registry.add_exporter(MetricsOnlyExporters);
         registry
@@ -637,6 +681,65 @@ type = "metrics_only"
         assert_eq!(
             plan_errors(&text),
             vec!["pipes.toml:9: exporters.prom.queue.max_items: must be at least 1"]
+        );
+    }
+
+    #[test]
+    fn a_section_defines_a_receiver_that_pipelines_name_and_that_runs_unused() {
+        let with_pipeline = format!(
+            "{BASE}\n[portal]\nendpoint = \"x\"\n\n[pipelines.metrics]\nreceivers = [\"portal\"]\nexporters = [\"prom\"]\n"
+        );
+        let config = load_str(Path::new("pipes.toml"), &with_pipeline, |_| None).unwrap();
+        let planned = plan(&config, &registry()).unwrap();
+        assert!(
+            planned
+                .receivers
+                .iter()
+                .any(|r| r.id == "portal" && r.pipelines == ["metrics"])
+        );
+
+        let unused = format!(
+            "{BASE}\n[portal]\n\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n"
+        );
+        let config = load_str(Path::new("pipes.toml"), &unused, |_| None).unwrap();
+        let planned = plan(&config, &registry()).unwrap();
+        assert!(
+            planned
+                .receivers
+                .iter()
+                .any(|r| r.id == "portal" && r.pipelines.is_empty())
+        );
+        assert!(
+            planned
+                .warnings
+                .iter()
+                .all(|w| w.path.to_string() != "portal")
+        );
+    }
+
+    #[test]
+    fn errors_in_a_section_name_the_section_keys() {
+        let text = format!(
+            "{BASE}\n[portal]\nendpiont = \"x\"\n\n[pipelines.metrics]\nreceivers = [\"portal\"]\nexporters = [\"prom\"]\n"
+        );
+        assert_eq!(plan_errors(&text).len(), 1);
+        assert!(
+            plan_errors(&text)[0].starts_with("pipes.toml:11: portal.endpiont: unknown field"),
+            "{:?}",
+            plan_errors(&text)
+        );
+    }
+
+    #[test]
+    fn an_unknown_top_level_table_is_an_error_listing_the_sections() {
+        let text = format!(
+            "{BASE}\n[gatway]\n\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n"
+        );
+        assert_eq!(
+            plan_errors(&text),
+            vec![
+                "pipes.toml:10: gatway: unknown section; expected one of: service, receivers, processors, exporters, pipelines, portal"
+            ]
         );
     }
 }

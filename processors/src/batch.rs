@@ -388,12 +388,12 @@ mod tests {
     use super::*;
 
     fn settings(toml: &str) -> ComponentSettings {
-        ComponentSettings {
-            kind: ComponentKind::Processor,
-            id: "batch".to_string(),
-            type_name: "batch".to_string(),
-            table: toml::from_str(toml).expect("test TOML is valid"),
-        }
+        ComponentSettings::new(
+            ComponentKind::Processor,
+            "batch",
+            "batch",
+            toml::from_str(toml).expect("test TOML is valid"),
+        )
     }
 
     #[test]

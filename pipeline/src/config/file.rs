@@ -91,6 +91,9 @@ pub struct Config {
     pub processors: BTreeMap<String, ComponentSettings>,
     pub exporters: BTreeMap<String, ComponentSettings>,
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// Receivers defined by a top-level table of their own (`[gateway]`) rather than under
+    /// `[receivers]`; they are also in `receivers`, with the table's name as id and type.
+    pub sections: Vec<String>,
     /// The expanded text, to place later errors on their lines.
     text: String,
 }
@@ -160,9 +163,11 @@ pub fn load_str(
         processors: BTreeMap::new(),
         exporters: BTreeMap::new(),
         pipelines: BTreeMap::new(),
+        sections: Vec::new(),
         text: expanded,
     };
     let mut errors = Vec::new();
+    let mut sections = Vec::new();
     for (key, value) in root {
         let path = KeyPath::of(&[&key]);
         match key.as_str() {
@@ -184,11 +189,34 @@ pub fn load_str(
                 }
             }
             "pipelines" => config.pipelines = read_pipelines(value, &mut errors),
-            _ => errors.push(ConfigError::new(
-                path,
-                "unknown section; expected service, receivers, processors, exporters or pipelines",
-            )),
+            // Another table may configure a component with a section of its own, such as
+            // `[gateway]`; the graph checks that one exists.
+            _ => match value {
+                toml::Value::Table(table) => {
+                    let mut settings = ComponentSettings::new(ComponentKind::Receiver, &key, &key, table);
+                    settings.location = path;
+                    sections.push(settings);
+                }
+                _ => errors.push(ConfigError::new(
+                    path,
+                    "unknown key; expected the sections service, receivers, processors, exporters and pipelines",
+                )),
+            },
         }
+    }
+    for settings in sections {
+        if config.receivers.contains_key(&settings.id) {
+            errors.push(ConfigError::new(
+                KeyPath::of(&["receivers", &settings.id]),
+                format!(
+                    "{0:?} is configured by its own [{0}] section; remove this table",
+                    settings.id
+                ),
+            ));
+            continue;
+        }
+        config.sections.push(settings.id.clone());
+        config.receivers.insert(settings.id.clone(), settings);
     }
     if errors.is_empty() {
         Ok(config)
@@ -230,12 +258,7 @@ fn read_components(
         };
         components.insert(
             id.clone(),
-            ComponentSettings {
-                kind,
-                id,
-                type_name,
-                table,
-            },
+            ComponentSettings::new(kind, &id, &type_name, table),
         );
     }
     components

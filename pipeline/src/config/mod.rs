@@ -196,12 +196,31 @@ pub struct ComponentSettings {
     pub type_name: String,
     /// The table without its `type` key.
     pub table: toml::Table,
+    /// Where the table is in the file: `exporters.tempo`, or `gateway` for a component
+    /// defined by a top-level section.
+    pub location: KeyPath,
 }
 
 impl ComponentSettings {
+    /// The settings of the component `[<kind's section>.<id>]`.
+    pub fn new(
+        kind: ComponentKind,
+        id: &str,
+        type_name: &str,
+        table: toml::Table,
+    ) -> ComponentSettings {
+        ComponentSettings {
+            kind,
+            id: id.to_string(),
+            type_name: type_name.to_string(),
+            table,
+            location: KeyPath::of(&[kind.section(), id]),
+        }
+    }
+
     /// The key path of the component's table.
     pub fn path(&self) -> KeyPath {
-        KeyPath::of(&[self.kind.section(), &self.id])
+        self.location.clone()
     }
 
     /// An error about one key of the component's table.

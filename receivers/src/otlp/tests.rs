@@ -507,12 +507,12 @@ const GZIP: (&str, &str) = ("content-encoding", "gzip");
 // Configuration.
 
 fn settings(table: &str) -> ComponentSettings {
-    ComponentSettings {
-        kind: sluice_pipeline::config::ComponentKind::Receiver,
-        id: "otlp".into(),
-        type_name: "otlp".into(),
-        table: toml::from_str(table).unwrap(),
-    }
+    ComponentSettings::new(
+        sluice_pipeline::config::ComponentKind::Receiver,
+        "otlp",
+        "otlp",
+        toml::from_str(table).unwrap(),
+    )
 }
 
 #[test]
