@@ -27,6 +27,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::otlp_common::{self, Compression, ExportResponse, default_compression, default_timeout};
+use sluice_pipeline::error::error_chain;
 
 /// Configuration of an `otlp_grpc` exporter.
 #[derive(Debug, Clone, Deserialize)]
@@ -260,17 +261,6 @@ fn classify(status: &Status) -> ExportError {
     } else {
         ExportError::Permanent(message)
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A gRPC codec that sends a [`Batch`] as its protobuf encoding, copied segment by segment into

@@ -29,6 +29,7 @@ use sluice_pipeline::{
 use crate::otlp_common::{
     self, Compression, ExportResponse, PartialSuccess, default_compression, default_timeout,
 };
+use sluice_pipeline::error::error_chain;
 
 /// Configuration of an `otlp_http` exporter.
 #[derive(Debug, Clone, Deserialize)]
@@ -292,19 +293,6 @@ impl Exporter for OtlpHttpExporter {
             ))),
         }
     }
-}
-
-/// An error and its causes, `: `-separated: hyper's own message ("client error (Connect)")
-/// says little without the cause ("Connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// How a response body is encoded, from its content type.

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::config::{OpenaiProviderConfig, ProviderConfig, parse_base_url};
 use crate::event::{Operation, ProviderKind, ProviderRef};
 use crate::mock::MockProvider;
+use sluice_pipeline::error::error_chain;
 
 /// The HTTP client shared by every `openai` provider.
 pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -218,16 +219,4 @@ impl Openai {
         }
         Ok(request)
     }
-}
-
-/// An error and its sources, joined: hyper's top-level messages alone say little.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -61,3 +61,32 @@ pub struct StartError {
     pub component: String,
     pub message: String,
 }
+
+/// An error and its sources, `: `-separated. hyper's and tonic's top-level messages ("client
+/// error (Connect)") say little without their causes ("Connection refused").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_joins_every_cause() {
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let outer = std::io::Error::other(StartError {
+            component: "exporters.x".into(),
+            message: inner.to_string(),
+        });
+        assert_eq!(error_chain(&outer), "exporters.x: Connection refused");
+    }
+}
