@@ -36,6 +36,8 @@ pub struct Options {
     pub concurrency: usize,
     pub spans_per_request: usize,
     pub distinct_requests: usize,
+    /// The exporter queue's `max_items`; sluice's default when None.
+    pub queue_max_items: Option<usize>,
 }
 
 /// Errors that end a run before it has figures.
@@ -62,6 +64,8 @@ pub struct Report {
     /// The target rate in rate mode.
     pub target_spans_per_s: Option<u64>,
     pub compression: &'static str,
+    /// The exporter queue's `max_items` if set (otherwise sluice's default).
+    pub queue_max_items: Option<usize>,
     pub concurrency: usize,
     pub spans_per_request: usize,
     pub bytes_per_span: f64,
@@ -84,7 +88,8 @@ pub struct Report {
     pub rss_mib: f64,
     /// The largest VmRSS sampled during the load phase.
     pub rss_max_sampled_mib: f64,
-    /// VmHWM of sluice at the end (includes warm-up).
+    /// The peak RSS of sluice: VmHWM at the end (includes warm-up), or the largest sample if
+    /// that is higher (the kernel updates VmHWM lazily, so it can trail a sample slightly).
     pub peak_rss_mib: f64,
     /// UNAVAILABLE / RESOURCE_EXHAUSTED answers, each followed by a resend.
     pub pushback_count: u64,
@@ -94,6 +99,8 @@ pub struct Report {
     /// Export requests the sink received, and how many were gzip-compressed.
     pub sink_requests: u64,
     pub sink_gzip_requests: u64,
+    /// Requests the sink refused because their spans did not decode.
+    pub sink_invalid_requests: u64,
     pub sink_avg_spans_per_request: f64,
     /// CPU of the benchmark process itself (load generator and sink) over the same span.
     pub bench_cpu_s: f64,
@@ -159,8 +166,10 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
         admin: sluice::free_local_addr().map_err(RunError::Port)?,
         sink: sink.addr,
     };
-    let mut sluice =
-        SluiceProcess::start(&options.sluice, &sluice::config(ports, options.compression))?;
+    let mut sluice = SluiceProcess::start(
+        &options.sluice,
+        &sluice::config(ports, options.compression, options.queue_max_items),
+    )?;
     sluice
         .wait_for_port(ports.receiver, STARTUP_TIMEOUT)
         .await?;
@@ -228,6 +237,7 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
             Pace::SpansPerSecond(rate) => Some(rate),
         },
         compression: options.compression.as_str(),
+        queue_max_items: options.queue_max_items,
         concurrency: options.concurrency,
         spans_per_request: options.spans_per_request,
         bytes_per_span: round(total_bytes as f64 / total_spans.max(1) as f64, 1),
@@ -248,13 +258,14 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
         ),
         rss_mib: round(rss_mib, 1),
         rss_max_sampled_mib: round(rss_max_sampled_mib, 1),
-        peak_rss_mib: round(peak_rss_mib, 1),
+        peak_rss_mib: round(peak_rss_mib.max(rss_max_sampled_mib), 1),
         pushback_count: stats.pushbacks.load(Ordering::Relaxed),
         errors: stats.errors.load(Ordering::Relaxed),
         last_error: last_error(&stats),
         spans_rejected: stats.spans_rejected.load(Ordering::Relaxed),
         sink_requests,
         sink_gzip_requests: end.gzip_requests - base.gzip_requests,
+        sink_invalid_requests: end.invalid_requests - base.invalid_requests,
         sink_avg_spans_per_request: round(received as f64 / sink_requests.max(1) as f64, 0),
         bench_cpu_s: round((bench_cpu_end - bench_cpu_start) as f64 / ticks, 2),
     })

@@ -57,7 +57,9 @@ pub struct Ports {
 /// The pipeline under test: `otlp` gRPC receiver, `batch` with its defaults, `otlp_grpc`
 /// exporter to the sink. The exporter's queue blocks when full, so under overload the
 /// receiver answers UNAVAILABLE instead of dropping and memory stays bounded by the queue.
-pub fn config(ports: Ports, compression: Compression) -> String {
+/// `queue_max_items` overrides the queue's bound (sluice's default when None).
+pub fn config(ports: Ports, compression: Compression, queue_max_items: Option<usize>) -> String {
+    let max_items = queue_max_items.map_or(String::new(), |n| format!(", max_items = {n}"));
     format!(
         r#"# Written by sluice-bench: OTLP/gRPC in, batch, OTLP/gRPC out to the benchmark's sink.
 [service]
@@ -72,7 +74,7 @@ grpc = "{receiver}"
 type = "otlp_grpc"
 endpoint = "http://{sink}"
 compression = "{compression}"
-queue = {{ when_full = "block" }}
+queue = {{ when_full = "block"{max_items} }}
 
 [pipelines.traces]
 receivers = ["otlp"]
@@ -213,12 +215,14 @@ mod tests {
             admin: "127.0.0.1:1002".parse().unwrap(),
             sink: "127.0.0.1:1003".parse().unwrap(),
         };
-        let text = config(ports, Compression::Gzip);
+        let text = config(ports, Compression::Gzip, None);
         assert!(text.contains("grpc = \"127.0.0.1:1001\""));
         assert!(text.contains("admin = \"127.0.0.1:1002\""));
         assert!(text.contains("endpoint = \"http://127.0.0.1:1003\""));
         assert!(text.contains("compression = \"gzip\""));
         assert!(text.contains("queue = { when_full = \"block\" }"));
+        let bounded = config(ports, Compression::None, Some(20_000));
+        assert!(bounded.contains("queue = { when_full = \"block\", max_items = 20000 }"));
     }
 
     #[test]

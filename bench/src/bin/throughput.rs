@@ -58,6 +58,9 @@ struct Args {
     /// Different pre-encoded requests sent in rotation.
     #[arg(long, value_name = "N", default_value_t = 16)]
     distinct: usize,
+    /// The exporter queue's max_items (default: sluice's default), to see RSS follow it.
+    #[arg(long, value_name = "N")]
+    queue_max_items: Option<usize>,
 }
 
 fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
@@ -66,9 +69,12 @@ fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
 }
 
 fn options(args: Args) -> Result<Options, String> {
-    if args.concurrency == 0 || args.spans_per_request == 0 || args.distinct == 0 {
+    let counts = [args.concurrency, args.spans_per_request, args.distinct];
+    if counts.contains(&0) || args.queue_max_items == Some(0) {
         return Err(
-            "--concurrency, --spans-per-request and --distinct must be at least 1".to_string(),
+            "--concurrency, --spans-per-request, --distinct and --queue-max-items \
+                    must be at least 1"
+                .to_string(),
         );
     }
     if matches!(args.mode, Mode::Rate) && args.rate == 0 {
@@ -89,6 +95,7 @@ fn options(args: Args) -> Result<Options, String> {
         concurrency: args.concurrency,
         spans_per_request: args.spans_per_request,
         distinct_requests: args.distinct,
+        queue_max_items: args.queue_max_items,
     })
 }
 
