@@ -99,6 +99,12 @@ pub(crate) fn generates_text(operation: Operation) -> bool {
     matches!(operation, Operation::Chat | Operation::TextCompletion)
 }
 
+/// Whether the request's body was read: requests refused before (401, 429, 413, a body that
+/// is not JSON) have no parameters, and their `stream` flag is unknown rather than false.
+pub(crate) fn body_was_read(event: &RequestEvent) -> bool {
+    event.requested_model.is_some()
+}
+
 /// Whether the operation calls a model at all (what the GenAI metrics measure).
 pub(crate) fn is_genai(operation: Operation) -> bool {
     matches!(
@@ -146,7 +152,7 @@ pub(crate) fn request_parameters(attrs: &mut Attributes, event: &RequestEvent) {
         .opt_uint("gen_ai.request.max_tokens", parameters.max_tokens)
         .opt_double("gen_ai.request.temperature", parameters.temperature)
         .opt_double("gen_ai.request.top_p", parameters.top_p);
-    if generates_text(event.operation) {
+    if generates_text(event.operation) && body_was_read(event) {
         attrs.bool("gen_ai.request.stream", event.stream);
     }
 }
@@ -337,7 +343,7 @@ pub(crate) fn invocation_parameters(event: &RequestEvent) -> String {
     if let Some(top_p) = parameters.top_p {
         object.insert("top_p".into(), json!(top_p));
     }
-    if generates_text(event.operation) {
+    if generates_text(event.operation) && body_was_read(event) {
         object.insert("stream".into(), json!(event.stream));
     }
     for (key, value) in &parameters.other {

@@ -147,7 +147,8 @@ impl ReceiverFactory for GatewayReceiverFactory {
         let mut table = settings.table.clone();
         let telemetry =
             GatewayTelemetryConfig::from_value(&path.key("telemetry"), table.remove("telemetry"))?;
-        let gateway = GatewayConfig::from_table(&path, table).map_err(first_of)?;
+        let gateway =
+            GatewayConfig::from_table(&path, table).map_err(|errors| first_of(&path, errors))?;
         Ok(Box::new(GatewayReceiver {
             location: path.to_string(),
             gateway,
@@ -161,9 +162,9 @@ impl ReceiverFactory for GatewayReceiverFactory {
 }
 
 /// The first of several errors, saying how many more there are (the factory reports one).
-fn first_of(mut errors: Vec<ConfigError>) -> ConfigError {
+fn first_of(path: &KeyPath, mut errors: Vec<ConfigError>) -> ConfigError {
     if errors.is_empty() {
-        return ConfigError::new(KeyPath::of(&["gateway"]), "invalid gateway configuration");
+        return ConfigError::new(path.clone(), "invalid gateway configuration");
     }
     let more = errors.len() - 1;
     let mut first = errors.swap_remove(0);
@@ -387,7 +388,7 @@ impl Converter {
         };
         let batch = Batch::from_request(request);
         let items = batch.item_count();
-        let counters = &self.counters[Signal::ALL.iter().position(|s| *s == signal).unwrap_or(0)];
+        let counters = &self.counters[signal_index(signal)];
         match consumer.consume(batch).await {
             Ok(()) => counters.accepted.inc_by(items as u64),
             Err(error) => {
@@ -409,6 +410,15 @@ impl Converter {
                 signal.item_noun(),
             );
         }
+    }
+}
+
+/// The position of `signal` in [`Signal::ALL`].
+fn signal_index(signal: Signal) -> usize {
+    match signal {
+        Signal::Traces => 0,
+        Signal::Metrics => 1,
+        Signal::Logs => 2,
     }
 }
 

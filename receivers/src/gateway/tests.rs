@@ -487,6 +487,12 @@ async fn requests_through_the_gateway_become_spans_metrics_and_logs() {
         ])
     );
     assert_eq!(sum("sluice.gateway.fallbacks").values().sum::<i64>(), 1);
+    for exported in [format!("{records:?}"), format!("{metric_requests:?}")] {
+        assert!(
+            !exported.contains("rivers"),
+            "content is not captured by default"
+        );
+    }
     assert!(
         metrics
             .iter()

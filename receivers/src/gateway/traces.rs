@@ -615,7 +615,6 @@ mod tests {
                 ("url.path", "\"/v1/chat/completions\""),
                 ("http.response.status_code", "401"),
                 ("gen_ai.operation.name", "\"chat\""),
-                ("gen_ai.request.stream", "false"),
                 ("sluice.request.id", "\"req-401\""),
                 ("sluice.api_key.id", "\"unauthenticated\""),
                 ("error.type", "\"unauthorized\""),
