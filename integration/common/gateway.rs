@@ -390,6 +390,7 @@ pub type Seen = Arc<Mutex<Vec<(http::HeaderMap, Value)>>>;
 pub struct RecordingUpstream {
     /// `http://127.0.0.1:PORT/v1`, what a provider's `base_url` takes.
     pub base_url: String,
+    pub address: SocketAddr,
     pub seen: Seen,
     server: tokio::task::JoinHandle<()>,
 }
@@ -424,6 +425,7 @@ impl RecordingUpstream {
         });
         RecordingUpstream {
             base_url: format!("http://{address}/v1"),
+            address,
             seen,
             server,
         }
