@@ -36,6 +36,13 @@ for compression in none gzip; do
   "$THROUGHPUT" --sluice "$SLUICE" --mode rate --rate 10000 --duration 30 --compression "$compression" | tee -a "$OUT" || true
 done
 
+# Overload: gzip makes the exporter the slow side, so the queue stays full and the receiver
+# pushes back for the whole run; RSS must stay flat and follow the queue's bound.
+for max_items in 100000 20000; do
+  note "overload: throughput --mode full --compression gzip --duration 60 --queue-max-items $max_items"
+  "$THROUGHPUT" --sluice "$SLUICE" --mode full --duration 60 --compression gzip --queue-max-items "$max_items" | tee -a "$OUT" || true
+done
+
 if [[ -x $OTLP_BENCH_BIN/otlp-load && -x $OTLP_BENCH/compare.sh ]]; then
   for config in plain gzip; do
     target=(env 'RECV_PORT={RECV_PORT}' 'SINK_PORT={SINK_PORT}' 'ADMIN_PORT={HTTP_PORT}'
