@@ -124,7 +124,7 @@ fn invalid_value_is_reported_with_its_key() {
     assert!(!ok);
     assert!(
         text.contains(&format!(
-            "{file}:9: processors.batch.timeout: invalid duration \"soon\""
+            "{file}:8: processors.batch.timeout: invalid duration \"soon\""
         )),
         "{text}"
     );
@@ -155,7 +155,7 @@ fn every_error_is_listed_in_one_run() {
     let (ok, text, file) = validate(&config);
     assert!(!ok);
     assert!(
-        text.contains(&format!("{file}:9: processors.batch.timeout")),
+        text.contains(&format!("{file}:8: processors.batch.timeout")),
         "{text}"
     );
     assert!(
@@ -176,7 +176,7 @@ fn unused_component_is_a_warning_not_an_error() {
     assert!(ok, "{text}");
     assert!(
         text.contains(&format!(
-            "{file}:21: exporters.debug: exporter \"debug\" is defined but no pipeline uses it"
+            "{file}:20: exporters.debug: exporter \"debug\" is defined but no pipeline uses it"
         )),
         "{text}"
     );
@@ -187,7 +187,7 @@ fn a_syntax_error_is_reported_with_its_line() {
     let config = VALID.replace("timeout = \"100ms\"", "timeout = ");
     let (ok, text, file) = validate(&config);
     assert!(!ok);
-    assert!(text.contains(&format!("{file}:9:")), "{text}");
+    assert!(text.contains(&format!("{file}:8:")), "{text}");
 }
 
 #[test]
