@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use http::{Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -63,7 +63,7 @@ struct Args {
     /// The sluice binary to measure (a release build).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SLUICE)]
     sluice: PathBuf,
-    /// Request rates to measure, in requests per second, comma-separated.
+    /// Request rates to measure, in requests per second to each target, comma-separated.
     #[arg(
         long,
         value_name = "RPS,...",
@@ -71,15 +71,45 @@ struct Args {
         default_value = "1000,5000"
     )]
     rates: Vec<u32>,
-    /// Seconds measured at each rate, for each of direct and via the gateway.
+    /// Seconds measured in each run.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     duration: f64,
-    /// Seconds of the same load before each measurement, not recorded (connections, caches).
+    /// Seconds of the same load before each run, not recorded (connections, caches).
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     warmup: f64,
-    /// Compression of sluice's otlp_grpc exporter towards the sink (`gzip` is its default).
-    #[arg(long, value_name = "gzip|none", default_value = "gzip")]
-    compression: String,
+    /// Runs per rate; the summary gives the median of the runs.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    repeat: usize,
+    /// `interleaved`: requests to the mock and to the gateway alternate on one schedule (each
+    /// at the rate), so both meet the same machine noise. `sequential`: the mock, then the
+    /// gateway, each in its own run.
+    #[arg(long, value_enum, default_value_t = Order::Interleaved)]
+    order: Order,
+    /// Compression of sluice's otlp_grpc exporter towards the sink (gzip is its default).
+    #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+    compression: Compression,
+    /// `off` runs the gateway with no pipelines (its events are dropped unconverted), to
+    /// tell the proxy's own overhead from the telemetry's.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    telemetry: Switch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Order {
+    Interleaved,
+    Sequential,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Compression {
+    Gzip,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -114,29 +144,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank - 1]
 }
 
-/// Sends `rate` requests per second for `duration` to `uri` on an open-loop schedule.
+/// Sends `rate` requests per second to each of `targets` for `duration`, on one open-loop
+/// schedule where the targets take turns, and returns the figures of each target.
 ///
 /// A dedicated OS thread keeps the schedule (sleeping to each due time; tokio's timer has a
 /// 1 ms resolution, which would send 5 requests at once every millisecond at 5,000/s) and
 /// hands each request to the client's runtime.
-async fn run(client: &HttpClient, uri: &Uri, rate: u32, duration: Duration) -> RunStats {
-    let total = (f64::from(rate) * duration.as_secs_f64()).round() as usize;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let (sender, mut samples) = mpsc::unbounded_channel::<Sample>();
+async fn run(client: &HttpClient, targets: &[Uri], rate: u32, duration: Duration) -> Vec<RunStats> {
+    let per_target = (f64::from(rate) * duration.as_secs_f64()).round() as usize;
+    let total = per_target * targets.len();
+    let interval = Duration::from_secs_f64(1.0 / (f64::from(rate) * targets.len() as f64));
+    let (sender, mut samples) = mpsc::unbounded_channel::<(usize, Sample)>();
     let handle = Handle::current();
-    let (client, uri) = (client.clone(), uri.clone());
+    let (client, uris) = (client.clone(), targets.to_vec());
     let start = Instant::now() + Duration::from_millis(5);
     let dispatcher = std::thread::spawn(move || {
         let body = Bytes::from_static(CHAT_REQUEST.as_bytes());
         for i in 0..total {
-            let due = start + interval * i as u32;
+            let due = start + interval.mul_f64(i as f64);
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
+            let target = i % uris.len();
             let request = Request::builder()
                 .method(Method::POST)
-                .uri(uri.clone())
+                .uri(uris[target].clone())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::AUTHORIZATION, "Bearer sk-bench")
                 .body(Full::new(body.clone()))
@@ -152,43 +185,59 @@ async fn run(client: &HttpClient, uri: &Uri, rate: u32, duration: Duration) -> R
                 })
                 .await;
                 let finished = Instant::now();
-                let _ = sender.send(Sample {
+                let sample = Sample {
                     latency: finished - sent,
                     lag: sent.saturating_duration_since(due),
                     ok: matches!(outcome, Ok(Some(true))),
                     finished,
-                });
+                };
+                let _ = sender.send((target, sample));
             });
         }
     });
-    let mut latencies = Vec::with_capacity(total);
-    let mut lags = Vec::with_capacity(total);
-    let (mut errors, mut last) = (0, start);
+    let mut by_target: Vec<Vec<Sample>> = targets
+        .iter()
+        .map(|_| Vec::with_capacity(per_target))
+        .collect();
     for _ in 0..total {
-        let Some(sample) = samples.recv().await else {
+        let Some((target, sample)) = samples.recv().await else {
             break;
         };
-        if sample.ok {
-            latencies.push(sample.latency);
-        } else {
-            errors += 1;
-        }
-        lags.push(sample.lag);
-        last = last.max(sample.finished);
+        by_target[target].push(sample);
     }
     let _ = tokio::task::spawn_blocking(move || dispatcher.join()).await;
+    by_target
+        .into_iter()
+        .map(|samples| stats(samples, start))
+        .collect()
+}
+
+fn stats(samples: Vec<Sample>, start: Instant) -> RunStats {
+    let requests = samples.len();
+    let mut latencies: Vec<Duration> = samples.iter().filter(|s| s.ok).map(|s| s.latency).collect();
+    let mut lags: Vec<Duration> = samples.iter().map(|s| s.lag).collect();
+    let last = samples.iter().map(|s| s.finished).max().unwrap_or(start);
     latencies.sort_unstable();
     lags.sort_unstable();
     RunStats {
-        requests: total,
-        errors,
-        achieved_rps: latencies.len() as f64 / last.duration_since(start).as_secs_f64(),
+        requests,
+        errors: requests - latencies.len(),
+        achieved_rps: latencies.len() as f64 / last.duration_since(start).as_secs_f64().max(1e-9),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         p999: percentile(&latencies, 0.999),
         max: latencies.last().copied().unwrap_or_default(),
         lag_p99: percentile(&lags, 0.99),
     }
+}
+
+/// Clock ticks the hypervisor gave to other guests while this machine's CPUs wanted to run
+/// (the `steal` column of `/proc/stat`): on a shared virtual machine, the noise under every
+/// figure. `None` where there is no `/proc/stat`.
+fn steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    cpu.split_whitespace().nth(7)?.parse().ok()
 }
 
 /// The mock provider over HTTP on its own thread and runtime, so that serving it does not
@@ -314,8 +363,13 @@ fn sluice_config(
     gateway: SocketAddr,
     mock: SocketAddr,
     sink: SocketAddr,
-    compression: &str,
+    compression: Compression,
+    telemetry: bool,
 ) -> String {
+    let compression = match compression {
+        Compression::Gzip => "gzip",
+        Compression::None => "none",
+    };
     let mut config = format!(
         r#"
 [service]
@@ -334,7 +388,13 @@ timeout = "10s"
 [[gateway.routes]]
 model = "*"
 targets = [{{ provider = "mock" }}]
-
+"#
+    );
+    if !telemetry {
+        return config;
+    }
+    config.push_str(&format!(
+        r#"
 [processors.batch]
 
 [exporters.sink]
@@ -342,7 +402,7 @@ type = "otlp_grpc"
 endpoint = "http://{sink}"
 compression = "{compression}"
 "#
-    );
+    ));
     for signal in ["traces", "metrics", "logs"] {
         config.push_str(&format!(
             "\n[pipelines.{signal}]\nreceivers = [\"gateway\"]\nprocessors = [\"batch\"]\nexporters = [\"sink\"]\n"
@@ -374,13 +434,9 @@ fn micros(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1e6)
 }
 
-fn added(via: Duration, direct: Duration) -> String {
-    format!("{:+.0}", (via.as_secs_f64() - direct.as_secs_f64()) * 1e6)
-}
-
-fn print_run(rate: u32, target: &str, s: &RunStats) {
+fn print_run(rate: u32, repetition: usize, target: &str, s: &RunStats, steal: f64, cpu: f64) {
     println!(
-        "{rate:>6} {target:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9.0} {:>8}",
+        "{rate:>6} {repetition:>3} {target:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9.0} {:>8} {steal:>6.1} {cpu:>7.0}",
         micros(s.p50),
         micros(s.p99),
         micros(s.p999),
@@ -399,7 +455,14 @@ async fn measure(args: &Args) -> Result<(), String> {
         free_local_addr().map_err(|e| e.to_string())?,
         free_local_addr().map_err(|e| e.to_string())?,
     );
-    let config = sluice_config(admin, gateway, mock, sink, &args.compression);
+    let config = sluice_config(
+        admin,
+        gateway,
+        mock,
+        sink,
+        args.compression,
+        args.telemetry == Switch::On,
+    );
     let mut sluice = SluiceProcess::start(&args.sluice, &config).map_err(|e| e.to_string())?;
     sluice
         .wait_for_port(gateway, Duration::from_secs(30))
@@ -448,66 +511,111 @@ async fn measure(args: &Args) -> Result<(), String> {
 
     let pid = sluice.pid();
     let ticks = procfs::clock_ticks_per_second().unwrap_or(100) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let duration = Duration::from_secs_f64(args.duration);
     let warmup = Duration::from_secs_f64(args.warmup);
     println!(
-        "gateway_latency: {} cores, {} s per run after {} s warm-up, exporter compression {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        args.duration,
-        args.warmup,
-        args.compression
+        "gateway_latency: {cores} cores, {} runs of {} s after {} s warm-up per rate, {:?} order, telemetry {:?}, exporter compression {:?}",
+        args.repeat, args.duration, args.warmup, args.order, args.telemetry, args.compression
     );
-    println!("latencies in microseconds; lag = how late the load tool sent (its own delay)");
     println!(
-        "{:>6} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8}",
-        "rps", "target", "p50", "p99", "p99.9", "max", "requests", "errors", "achieved", "lag_p99"
+        "latencies in microseconds; lag = how late the load tool sent (its own delay); steal = CPU time the hypervisor took"
+    );
+    println!(
+        "{:>6} {:>3} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>6} {:>7}",
+        "rps",
+        "run",
+        "target",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "requests",
+        "errors",
+        "achieved",
+        "lag_p99",
+        "steal%",
+        "sluice%"
     );
     let mut summary = Vec::new();
+    let mut via_requests = 1u64;
     for &rate in &args.rates {
-        if !warmup.is_zero() {
-            run(&client, &direct, rate, warmup).await;
+        let mut runs = Vec::new();
+        for repetition in 1..=args.repeat {
+            let phases: Vec<Vec<Uri>> = match args.order {
+                Order::Interleaved => vec![vec![direct.clone(), via.clone()]],
+                Order::Sequential => vec![vec![direct.clone()], vec![via.clone()]],
+            };
+            let mut figures = Vec::new();
+            for targets in phases {
+                if !warmup.is_zero() {
+                    run(&client, &targets, rate, warmup).await;
+                }
+                let (cpu_before, steal_before) = (procfs::cpu_ticks(pid).ok(), steal_ticks());
+                let stats = run(&client, &targets, rate, duration).await;
+                let cpu = procfs::cpu_ticks(pid)
+                    .ok()
+                    .zip(cpu_before)
+                    .map_or(f64::NAN, |(a, b)| {
+                        (a - b) as f64 / ticks / args.duration * 100.0
+                    });
+                let steal = steal_ticks().zip(steal_before).map_or(f64::NAN, |(a, b)| {
+                    (a - b) as f64 / ticks / (args.duration * cores as f64) * 100.0
+                });
+                for (uri, s) in targets.iter().zip(stats) {
+                    let target = if *uri == via { "gateway" } else { "direct" };
+                    if target == "gateway" {
+                        via_requests += (f64::from(rate) * (args.duration + args.warmup)) as u64;
+                    }
+                    print_run(rate, repetition, target, &s, steal, cpu);
+                    figures.push(s);
+                }
+            }
+            let [d, v]: [RunStats; 2] = figures
+                .try_into()
+                .map_err(|_| "a run without both targets".to_string())?;
+            runs.push((d, v));
         }
-        let d = run(&client, &direct, rate, duration).await;
-        print_run(rate, "direct", &d);
-        if !warmup.is_zero() {
-            run(&client, &via, rate, warmup).await;
-        }
-        let cpu_before = procfs::cpu_ticks(pid).unwrap_or(0);
-        let v = run(&client, &via, rate, duration).await;
-        let cpu = (procfs::cpu_ticks(pid).unwrap_or(0) - cpu_before) as f64 / ticks;
-        print_run(rate, "gateway", &v);
-        summary.push((rate, d, v, cpu / args.duration * 100.0));
+        summary.push((rate, runs));
     }
 
     println!();
-    println!("added by the gateway (via - direct), microseconds:");
     println!(
-        "{:>6} {:>10} {:>10} {:>12} {:>14}",
-        "rps", "p50 added", "p99 added", "sluice CPU %", "errors d/v"
+        "added by the gateway (via - direct), microseconds, median of {} runs (each run's figure in brackets):",
+        args.repeat
     );
-    for (rate, d, v, cpu) in &summary {
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10}  p99 added per run",
+        "rps", "direct p50", "via p50", "p50 added", "direct p99", "via p99"
+    );
+    for (rate, runs) in &summary {
+        let median = |f: &dyn Fn(&(RunStats, RunStats)) -> f64| -> f64 {
+            let mut values: Vec<f64> = runs.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let per_run: Vec<String> = runs
+            .iter()
+            .map(|(d, v)| format!("{:+.0}", us(v.p99) - us(d.p99)))
+            .collect();
         println!(
-            "{rate:>6} {:>10} {:>10} {:>12.0} {:>14}",
-            added(v.p50, d.p50),
-            added(v.p99, d.p99),
-            cpu,
-            format!("{}/{}", d.errors, v.errors),
+            "{rate:>6} {:>10.0} {:>10.0} {:>+10.0} {:>10.0} {:>10.0}  median {:+.0} [{}]; errors {}",
+            median(&|(d, _)| us(d.p50)),
+            median(&|(_, v)| us(v.p50)),
+            median(&|(d, v)| us(v.p50) - us(d.p50)),
+            median(&|(d, _)| us(d.p99)),
+            median(&|(_, v)| us(v.p99)),
+            median(&|(d, v)| us(v.p99) - us(d.p99)),
+            per_run.join(", "),
+            runs.iter().map(|(d, v)| d.errors + v.errors).sum::<usize>(),
         );
     }
 
-    // Let the last batches and a metrics export reach the sink before reading its counts.
-    let via_requests: u64 = 1
-        + summary
-            .iter()
-            .map(|(_, _, v, _)| v.requests as u64)
-            .sum::<u64>()
-        + args
-            .rates
-            .iter()
-            .map(|&r| (f64::from(r) * args.warmup).round() as u64)
-            .sum::<u64>();
+    // Let the last batches reach the sink before reading its counts.
     let waited = Instant::now();
-    while counts.log_records.load(Ordering::Relaxed) < via_requests
+    while args.telemetry == Switch::On
+        && counts.log_records.load(Ordering::Relaxed) < via_requests
         && waited.elapsed() < Duration::from_secs(5)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
