@@ -4,7 +4,6 @@
 mod json;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +26,8 @@ use sluice_pipeline::{
 };
 
 use crate::otlp_common::{
-    self, Compression, ExportResponse, PartialSuccess, default_compression, default_timeout,
+    self, Compression, ExportResponse, PartialSuccess, default_compression,
+    default_compression_level, default_timeout,
 };
 use sluice_pipeline::error::error_chain;
 
@@ -53,6 +53,9 @@ pub struct Config {
     /// Body compression: `"gzip"` or `"none"`.
     #[serde(default = "default_compression")]
     pub compression: Compression,
+    /// gzip effort, 1 (fastest) to 9 (smallest).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: u32,
     /// How long one export may take, connecting and reading the answer included.
     #[serde(
         default = "default_timeout",
@@ -110,6 +113,7 @@ pub struct OtlpHttpExporter {
     logs_url: Uri,
     encoding: Encoding,
     compression: Compression,
+    compression_level: u32,
     timeout: Duration,
     headers: HeaderMap,
     /// Created on first use: the client's pool needs a running tokio runtime, which `build`
@@ -131,6 +135,7 @@ impl OtlpHttpExporter {
     /// Checks the configuration and prepares the exporter; connects nothing.
     pub fn new(settings: &ComponentSettings, config: Config) -> Result<Self, ConfigError> {
         otlp_common::parse_http_url(settings, "endpoint", &config.endpoint)?;
+        otlp_common::check_compression_level(settings, config.compression_level)?;
         let url = |signal: Signal, key: &str, overridden: &Option<String>| match overridden {
             Some(url) => otlp_common::parse_http_url(settings, key, url),
             None => signal_url(settings, &config.endpoint, signal),
@@ -170,6 +175,7 @@ impl OtlpHttpExporter {
             logs_url,
             encoding: config.encoding,
             compression: config.compression,
+            compression_level: config.compression_level,
             timeout: config.timeout,
             headers,
             client: OnceLock::new(),
@@ -215,17 +221,8 @@ impl OtlpHttpExporter {
             Compression::Gzip => {
                 let len: usize = segments.iter().map(Bytes::len).sum();
                 // OTLP compresses well; a quarter of the input is a fair first guess.
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(len / 4 + 64),
-                    flate2::Compression::fast(),
-                );
-                for segment in segments {
-                    encoder
-                        .write_all(segment)
-                        .map_err(|e| ExportError::permanent(format!("gzip: {e}")))?;
-                }
-                let compressed = encoder
-                    .finish()
+                let out = Vec::with_capacity(len / 4 + 64);
+                let compressed = otlp_common::gzip_into(out, segments, self.compression_level)
                     .map_err(|e| ExportError::permanent(format!("gzip: {e}")))?;
                 Ok(Bytes::from(compressed))
             }

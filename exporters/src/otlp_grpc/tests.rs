@@ -26,6 +26,7 @@ use tonic_types::ErrorDetails;
 
 use super::*;
 use crate::test_data;
+use tonic::codec::CompressionEncoding;
 
 /// How the test backend answers every export.
 #[derive(Clone, Copy)]
@@ -289,7 +290,10 @@ async fn server_that_never_answers_ends_retryably_at_the_deadline_it_was_sent() 
         .recv()
         .await
         .expect("the request reached the server");
-    assert_eq!(got.metadata.get("grpc-timeout").unwrap(), "300000u");
+    assert_eq!(
+        parse_grpc_timeout(got.metadata.get("grpc-timeout").unwrap().to_str().unwrap()),
+        Duration::from_millis(300)
+    );
     // tonic's server enforces grpc-timeout with CANCELLED; either way it is retryable.
     assert!(matches!(error, ExportError::Retryable { .. }), "{error:?}");
 }
@@ -427,4 +431,26 @@ fn codes_are_classified_as_the_otlp_specification_says() {
             "{code:?}"
         );
     }
+}
+
+/// Reads a `grpc-timeout` header (digits and a unit) as the deadline it states.
+fn parse_grpc_timeout(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().expect("grpc-timeout digits");
+    match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        other => panic!("unknown grpc-timeout unit {other}"),
+    }
+}
+
+#[test]
+fn grpc_timeout_fits_eight_digits() {
+    assert_eq!(grpc_timeout(Duration::from_millis(300)), "300m");
+    assert_eq!(grpc_timeout(Duration::from_secs(10)), "10000m");
+    assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
 }
