@@ -56,6 +56,17 @@ pub fn gzip_into(out: Vec<u8>, segments: &[bytes::Bytes], level: u32) -> std::io
     encoder.finish()
 }
 
+/// Runs `work` — encoding and compressing a batch, milliseconds of CPU for a large one — on
+/// tokio's blocking pool, so the async workers stay free for what is latency-bound: the
+/// gateway's requests run on them.
+pub async fn off_async_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("encoding the batch failed: {e}"))
+}
+
 /// Ten seconds per export, as the OpenTelemetry Collector.
 pub fn default_timeout() -> Duration {
     Duration::from_secs(10)

@@ -147,7 +147,10 @@ impl OtlpGrpcExporter {
         batch: Batch,
         path: &'static str,
     ) -> Result<R, Status> {
-        let frame = self.frame(batch)?;
+        let (compression, level) = (self.compression, self.compression_level);
+        let frame = otlp_common::off_async_workers(move || frame(batch, compression, level))
+            .await
+            .map_err(Status::internal)??;
         let mut uri = self.endpoint.uri().clone().into_parts();
         uri.path_and_query = Some(PathAndQuery::from_static(path));
         let uri = http::Uri::from_parts(uri)
@@ -175,28 +178,6 @@ impl OtlpGrpcExporter {
             .await
             .map_err(|e| Status::unavailable(format!("sending: {}", error_chain(&e))))?;
         read_response(response).await
-    }
-
-    /// The gRPC message frame: a compressed flag, the length, and the (compressed) encoding.
-    fn frame(&self, mut batch: Batch) -> Result<Bytes, Status> {
-        let mut frame = Vec::with_capacity(5 + batch.encoded_len() / 4);
-        frame.extend_from_slice(&[0; 5]);
-        let mut frame = match self.compression {
-            Compression::None => {
-                batch.write_encoded(&mut frame);
-                frame
-            }
-            Compression::Gzip => {
-                otlp_common::gzip_into(frame, batch.encoded_segments(), self.compression_level)
-                    .map_err(|e| Status::internal(format!("gzip: {e}")))?
-            }
-        };
-        let length = u32::try_from(frame.len() - 5).map_err(|_| {
-            Status::invalid_argument("the batch is larger than a gRPC message (4 GiB)")
-        })?;
-        frame[0] = u8::from(self.compression == Compression::Gzip);
-        frame[1..5].copy_from_slice(&length.to_be_bytes());
-        Ok(Bytes::from(frame))
     }
 
     async fn export_as<R: ExportResponse + Sync>(
@@ -303,6 +284,25 @@ fn classify(status: &Status) -> ExportError {
     } else {
         ExportError::Permanent(message)
     }
+}
+
+/// The gRPC message frame: a compressed flag, the length, and the (compressed) encoding.
+fn frame(mut batch: Batch, compression: Compression, level: u32) -> Result<Bytes, Status> {
+    let mut frame = Vec::with_capacity(5 + batch.encoded_len() / 4);
+    frame.extend_from_slice(&[0; 5]);
+    let mut frame = match compression {
+        Compression::None => {
+            batch.write_encoded(&mut frame);
+            frame
+        }
+        Compression::Gzip => otlp_common::gzip_into(frame, batch.encoded_segments(), level)
+            .map_err(|e| Status::internal(format!("gzip: {e}")))?,
+    };
+    let length = u32::try_from(frame.len() - 5)
+        .map_err(|_| Status::invalid_argument("the batch is larger than a gRPC message (4 GiB)"))?;
+    frame[0] = u8::from(compression == Compression::Gzip);
+    frame[1..5].copy_from_slice(&length.to_be_bytes());
+    Ok(Bytes::from(frame))
 }
 
 /// The `grpc-timeout` header for `timeout`: at most 8 digits, in the coarsest unit that fits.

@@ -200,35 +200,6 @@ impl OtlpHttpExporter {
         }
     }
 
-    /// The request body: the batch's protobuf encoding as it is, or OTLP/JSON; compressed.
-    fn body(&self, mut batch: Batch) -> Result<Bytes, ExportError> {
-        let json;
-        let segments: &[Bytes] = match self.encoding {
-            Encoding::Proto => batch.encoded_segments(),
-            Encoding::Json => {
-                let request = batch.request().map_err(|e| {
-                    ExportError::permanent(format!("batch is not valid OTLP protobuf: {e}"))
-                })?;
-                json = [Bytes::from(json::encode(request).map_err(|e| {
-                    ExportError::permanent(format!("encoding OTLP/JSON: {e}"))
-                })?)];
-                &json
-            }
-        };
-        match self.compression {
-            Compression::None if segments.len() == 1 => Ok(segments[0].clone()),
-            Compression::None => Ok(Bytes::from(segments.concat())),
-            Compression::Gzip => {
-                let len: usize = segments.iter().map(Bytes::len).sum();
-                // OTLP compresses well; a quarter of the input is a fair first guess.
-                let out = Vec::with_capacity(len / 4 + 64);
-                let compressed = otlp_common::gzip_into(out, segments, self.compression_level)
-                    .map_err(|e| ExportError::permanent(format!("gzip: {e}")))?;
-                Ok(Bytes::from(compressed))
-            }
-        }
-    }
-
     async fn send(&self, signal: Signal, body: Bytes) -> Result<(), ExportError> {
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
@@ -271,6 +242,40 @@ impl OtlpHttpExporter {
     }
 }
 
+/// The request body: the batch's protobuf encoding as it is, or OTLP/JSON; compressed.
+fn body(
+    mut batch: Batch,
+    encoding: Encoding,
+    compression: Compression,
+    level: u32,
+) -> Result<Bytes, ExportError> {
+    let json;
+    let segments: &[Bytes] = match encoding {
+        Encoding::Proto => batch.encoded_segments(),
+        Encoding::Json => {
+            let request = batch.request().map_err(|e| {
+                ExportError::permanent(format!("batch is not valid OTLP protobuf: {e}"))
+            })?;
+            json = [Bytes::from(json::encode(request).map_err(|e| {
+                ExportError::permanent(format!("encoding OTLP/JSON: {e}"))
+            })?)];
+            &json
+        }
+    };
+    match compression {
+        Compression::None if segments.len() == 1 => Ok(segments[0].clone()),
+        Compression::None => Ok(Bytes::from(segments.concat())),
+        Compression::Gzip => {
+            let len: usize = segments.iter().map(Bytes::len).sum();
+            // OTLP compresses well; a quarter of the input is a fair first guess.
+            let out = Vec::with_capacity(len / 4 + 64);
+            let compressed = otlp_common::gzip_into(out, segments, level)
+                .map_err(|e| ExportError::permanent(format!("gzip: {e}")))?;
+            Ok(Bytes::from(compressed))
+        }
+    }
+}
+
 #[async_trait]
 impl Exporter for OtlpHttpExporter {
     async fn start(&mut self, ctx: &ExporterContext) -> Result<(), StartError> {
@@ -280,7 +285,12 @@ impl Exporter for OtlpHttpExporter {
 
     async fn export(&self, batch: Batch) -> Result<(), ExportError> {
         let signal = batch.signal();
-        let body = self.body(batch)?;
+        let (encoding, compression, level) =
+            (self.encoding, self.compression, self.compression_level);
+        let body =
+            otlp_common::off_async_workers(move || body(batch, encoding, compression, level))
+                .await
+                .map_err(ExportError::permanent)??;
         match tokio::time::timeout(self.timeout, self.send(signal, body)).await {
             Ok(result) => result,
             Err(_) => Err(ExportError::retryable(format!(
