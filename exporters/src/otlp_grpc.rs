@@ -82,7 +82,10 @@ pub struct OtlpGrpcExporter {
     compression: Compression,
     compression_level: u32,
     timeout: Duration,
-    metadata: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    /// The request URI of each signal's Export method, in [`Signal::ALL`] order.
+    uris: [http::Uri; 3],
+    /// The headers of every request: gRPC's own and the configured metadata.
+    headers: http::HeaderMap,
     /// Created on first use: a channel spawns its worker on the tokio runtime, which `build`
     /// (run by `sluice validate` too) does not have. It connects lazily, and reconnects on its
     /// own after the backend went away.
@@ -106,7 +109,22 @@ impl OtlpGrpcExporter {
         if config.timeout.is_zero() {
             return Err(settings.error("timeout", "must be greater than zero"));
         }
-        let mut metadata = Vec::with_capacity(config.headers.len());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            "grpc-accept-encoding",
+            http::HeaderValue::from_static("gzip"),
+        );
+        if config.compression == Compression::Gzip {
+            headers.insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+        }
+        let timeout = http::HeaderValue::try_from(grpc_timeout(config.timeout))
+            .map_err(|e| settings.error("timeout", e.to_string()))?;
+        headers.insert("grpc-timeout", timeout);
         for (name, value) in otlp_common::parse_headers(settings, &config.headers)? {
             let path = settings.path().key("headers").key(name.as_str());
             let key = AsciiMetadataKey::from_bytes(name.as_str().as_bytes()).map_err(|_| {
@@ -116,9 +134,21 @@ impl OtlpGrpcExporter {
                 )
             })?;
             let value = AsciiMetadataValue::try_from(value.as_bytes())
-                .map_err(|_| ConfigError::new(path, "not a valid gRPC metadata value"))?;
-            metadata.push((key, value));
+                .map_err(|_| ConfigError::new(path.clone(), "not a valid gRPC metadata value"))?;
+            let name = http::HeaderName::from_bytes(key.as_str().as_bytes())
+                .map_err(|e| ConfigError::new(path.clone(), e.to_string()))?;
+            let value = http::HeaderValue::from_bytes(value.as_encoded_bytes())
+                .map_err(|e| ConfigError::new(path, e.to_string()))?;
+            headers.insert(name, value);
         }
+        let uris = Signal::ALL.map(|signal| {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(PathAndQuery::from_static(export_path(signal)));
+            http::Uri::from_parts(parts)
+        });
+        let [Ok(traces), Ok(metrics), Ok(logs)] = uris else {
+            return Err(settings.error("endpoint", "cannot form the OTLP service URIs"));
+        };
         let endpoint = Endpoint::from(uri)
             .connect_timeout(config.timeout)
             .tcp_nodelay(true)
@@ -130,7 +160,8 @@ impl OtlpGrpcExporter {
             compression: config.compression,
             compression_level: config.compression_level,
             timeout: config.timeout,
-            metadata,
+            uris: [traces, metrics, logs],
+            headers,
             channel: OnceLock::new(),
         })
     }
@@ -142,52 +173,31 @@ impl OtlpGrpcExporter {
     }
 
     /// Sends `batch` to the service of its signal and returns the backend's answer.
-    async fn call<R: ExportResponse + Sync>(
-        &self,
-        batch: Batch,
-        path: &'static str,
-    ) -> Result<R, Status> {
+    async fn call<R: ExportResponse + Sync>(&self, batch: Batch) -> Result<R, Status> {
+        let uri = match batch.signal() {
+            Signal::Traces => &self.uris[0],
+            Signal::Metrics => &self.uris[1],
+            Signal::Logs => &self.uris[2],
+        };
+        let mut request = http::Request::post(uri.clone())
+            .body(tonic::body::Body::empty())
+            .map_err(|e| Status::internal(format!("building the request: {e}")))?;
+        *request.headers_mut() = self.headers.clone();
         let (compression, level) = (self.compression, self.compression_level);
         let frame = otlp_common::off_async_workers(move || frame(batch, compression, level))
             .await
             .map_err(Status::internal)??;
-        let mut uri = self.endpoint.uri().clone().into_parts();
-        uri.path_and_query = Some(PathAndQuery::from_static(path));
-        let uri = http::Uri::from_parts(uri)
-            .map_err(|e| Status::internal(format!("building the request URI: {e}")))?;
-        let mut request = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .header("grpc-accept-encoding", "gzip")
-            .header("grpc-timeout", grpc_timeout(self.timeout));
-        if self.compression == Compression::Gzip {
-            request = request.header("grpc-encoding", "gzip");
-        }
-        let mut request = request
-            .body(tonic::body::Body::new(http_body_util::Full::new(frame)))
-            .map_err(|e| Status::internal(format!("building the request: {e}")))?;
-        for (key, value) in &self.metadata {
-            request.headers_mut().insert(
-                http::HeaderName::from_bytes(key.as_str().as_bytes())
-                    .map_err(|e| Status::internal(e.to_string()))?,
-                http::HeaderValue::from_bytes(value.as_encoded_bytes())
-                    .map_err(|e| Status::internal(e.to_string()))?,
-            );
-        }
+        *request.body_mut() = tonic::body::Body::new(http_body_util::Full::new(frame));
         let response = tower::ServiceExt::oneshot(self.channel(), request)
             .await
             .map_err(|e| Status::unavailable(format!("sending: {}", error_chain(&e))))?;
         read_response(response).await
     }
 
-    async fn export_as<R: ExportResponse + Sync>(
-        &self,
-        batch: Batch,
-        path: &'static str,
-    ) -> Result<(), ExportError> {
+    async fn export_as<R: ExportResponse + Sync>(&self, batch: Batch) -> Result<(), ExportError> {
         let signal = batch.signal();
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.timeout, self.call::<R>(batch, path)).await;
+        let answer = tokio::time::timeout(self.timeout, self.call::<R>(batch)).await;
         let timed_out = || {
             format!(
                 "export to {} timed out after {}",
@@ -229,27 +239,9 @@ impl Exporter for OtlpGrpcExporter {
 
     async fn export(&self, batch: Batch) -> Result<(), ExportError> {
         match batch.signal() {
-            Signal::Traces => {
-                self.export_as::<ExportTraceServiceResponse>(
-                    batch,
-                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                )
-                .await
-            }
-            Signal::Metrics => {
-                self.export_as::<ExportMetricsServiceResponse>(
-                    batch,
-                    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-                )
-                .await
-            }
-            Signal::Logs => {
-                self.export_as::<ExportLogsServiceResponse>(
-                    batch,
-                    "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-                )
-                .await
-            }
+            Signal::Traces => self.export_as::<ExportTraceServiceResponse>(batch).await,
+            Signal::Metrics => self.export_as::<ExportMetricsServiceResponse>(batch).await,
+            Signal::Logs => self.export_as::<ExportLogsServiceResponse>(batch).await,
         }
     }
 }
@@ -303,6 +295,15 @@ fn frame(mut batch: Batch, compression: Compression, level: u32) -> Result<Bytes
     frame[0] = u8::from(compression == Compression::Gzip);
     frame[1..5].copy_from_slice(&length.to_be_bytes());
     Ok(Bytes::from(frame))
+}
+
+/// The path of the OTLP Export method of `signal`.
+fn export_path(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    }
 }
 
 /// The `grpc-timeout` header for `timeout`: at most 8 digits, in the coarsest unit that fits.
