@@ -212,10 +212,14 @@ impl OtlpGrpcExporter {
                 }
                 Ok(())
             }
-            // The channel enforces the grpc-timeout we send, and reports it as CANCELLED.
+            // At the deadline the channel reports its own timers: the grpc-timeout we send as
+            // CANCELLED, the connect timeout (the same duration) as UNAVAILABLE. Whichever fires
+            // first, the export timed out.
             Ok(Err(status))
-                if matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
-                    && started.elapsed() >= self.timeout =>
+                if matches!(
+                    status.code(),
+                    Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable
+                ) && started.elapsed() >= self.timeout =>
             {
                 Err(ExportError::retryable(format!(
                     "{} (gRPC {:?}: {})",
