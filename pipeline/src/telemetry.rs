@@ -1,8 +1,13 @@
 //! Sluice's own metrics, served in Prometheus text format on the admin address.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{
+    CounterVec, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::signal::Signal;
 
@@ -23,6 +28,9 @@ struct Metrics {
     exporter_queue_capacity: IntGaugeVec,
     processor_dropped: IntCounterVec,
     processor_batches: IntCounterVec,
+    /// Metrics components registered by name, so that a component built once per pipeline (or
+    /// again on reload) gets the metric registered the first time instead of a duplicate error.
+    by_name: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -112,6 +120,7 @@ impl Telemetry {
                 &["processor", "signal", "trigger"],
             ),
             registry,
+            by_name: Mutex::new(HashMap::new()),
         };
         Telemetry {
             inner: Arc::new(metrics),
@@ -121,6 +130,67 @@ impl Telemetry {
     /// The registry, for components that register metrics of their own.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The metric called `name`, made by `make` and registered the first time it is asked for.
+    ///
+    /// # Panics
+    /// When `name` was registered before as a different type, or `make` returns a metric whose
+    /// name clashes with one of the core's: both are programming errors.
+    pub fn metric<M>(&self, name: &str, make: impl FnOnce() -> M) -> M
+    where
+        M: Collector + Clone + Send + Sync + 'static,
+    {
+        let mut by_name = self
+            .inner
+            .by_name
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = by_name.get(name) {
+            return existing
+                .downcast_ref::<M>()
+                .unwrap_or_else(|| panic!("metric {name} registered with another type"))
+                .clone();
+        }
+        let metric = make();
+        self.inner
+            .registry
+            .register(Box::new(metric.clone()))
+            .unwrap_or_else(|e| panic!("registering metric {name}: {e}"));
+        by_name.insert(name.to_owned(), Box::new(metric.clone()));
+        metric
+    }
+
+    /// An integer counter with labels, registered on first use (see [`Telemetry::metric`]).
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.metric(name, || {
+            IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        })
+    }
+
+    /// A floating-point counter with labels (amounts such as cost), registered on first use.
+    pub fn float_counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+        self.metric(name, || {
+            CounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        })
+    }
+
+    /// An integer gauge with labels, registered on first use.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.metric(name, || {
+            IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        })
+    }
+
+    /// A floating-point gauge with labels, registered on first use.
+    pub fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.metric(name, || {
+            GaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        })
     }
 
     /// Renders every metric in the Prometheus text exposition format.
@@ -202,4 +272,23 @@ pub struct ExporterCounters {
 pub struct QueueGauges {
     pub size: IntGauge,
     pub capacity: IntGauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_asked_for_twice_is_registered_once_and_shared() {
+        let telemetry = Telemetry::new();
+        let first = telemetry.counter_vec("sluice_test_things_total", "Things.", &["kind"]);
+        let second = telemetry.counter_vec("sluice_test_things_total", "Things.", &["kind"]);
+        first.with_label_values(&["a"]).inc();
+        second.with_label_values(&["a"]).inc();
+        assert!(
+            telemetry
+                .render()
+                .contains("sluice_test_things_total{kind=\"a\"} 2")
+        );
+    }
 }
