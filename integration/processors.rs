@@ -1,0 +1,3 @@
+//! End to end: the `cost`, `resource` and `memory_limiter` processors in the running binary.
+
+mod common;
