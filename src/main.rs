@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use sluice_pipeline::admin::AdminServer;
+use sluice_pipeline::admin::{AdminServer, ServiceInfo};
 use sluice_pipeline::config::{self, Config, ConfigErrors};
 use sluice_pipeline::graph::{self, Plan, Service};
 use sluice_pipeline::{Registry, Telemetry};
@@ -135,8 +135,9 @@ fn run(file: Option<&Path>) -> ExitCode {
 
 async fn serve(config: Config, plan: Plan) -> ExitCode {
     let telemetry = Telemetry::new();
+    let info = ServiceInfo::new(config.file.clone(), &config_text(&config.file));
     let admin = match config.service.admin {
-        Some(address) => match AdminServer::start(address, telemetry.clone()).await {
+        Some(address) => match AdminServer::start(address, telemetry.clone(), info).await {
             Ok(admin) => Some(admin),
             Err(e) => {
                 tracing::error!("{e}");
@@ -166,6 +167,15 @@ async fn serve(config: Config, plan: Plan) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The text of the config file at `path` (the built-in quickstart when that is what ran), for
+/// the hash `/status` shows.
+fn config_text(path: &Path) -> Vec<u8> {
+    if path == Path::new(QUICKSTART_NAME) {
+        return QUICKSTART.as_bytes().to_vec();
+    }
+    std::fs::read(path).unwrap_or_default()
 }
 
 /// Waits for SIGINT or SIGTERM and returns its name.

@@ -16,7 +16,7 @@ use crate::component::{
 };
 use crate::config::{ComponentKind, ComponentSettings, Config, ConfigError, KeyPath, parse_value};
 use crate::error::StartError;
-use crate::queue::{Fanout, QueueSettings, QueuedExporter};
+use crate::queue::{ExporterCore, Fanout, QueueSettings, QueuedExporter};
 use crate::signal::Signal;
 use crate::telemetry::Telemetry;
 
@@ -29,8 +29,9 @@ pub struct ConfigWarning {
 
 struct PlannedExporter {
     id: String,
+    type_name: String,
     exporter: Box<dyn Exporter>,
-    queue: QueueSettings,
+    core: ExporterCore,
 }
 
 struct PlannedPipeline {
@@ -57,7 +58,7 @@ pub struct Plan {
 }
 
 /// The keys the core reads from every exporter's table before the exporter sees it.
-const EXPORTER_CORE_KEYS: [&str; 1] = ["queue"];
+const EXPORTER_CORE_KEYS: [&str; 3] = ["queue", "retry", "enabled"];
 
 /// Builds every component `config` uses and checks how they are wired, collecting every error.
 pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigError>> {
@@ -92,7 +93,7 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
         let Some(factory) = registry.exporter(&settings.type_name) else {
             continue;
         };
-        let (queue, settings) = match split_exporter_core_keys(settings) {
+        let (core, settings) = match split_exporter_core_keys(settings) {
             Ok(split) => split,
             Err(e) => {
                 errors.push(e);
@@ -102,8 +103,9 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
         match factory.build(&settings) {
             Ok(exporter) => exporters.push(PlannedExporter {
                 id: id.clone(),
+                type_name: settings.type_name.clone(),
                 exporter,
-                queue,
+                core,
             }),
             Err(e) => errors.push(e),
         }
@@ -290,17 +292,34 @@ fn component_signals(
     }
 }
 
-/// Takes the keys every exporter has (`queue`) out of its table.
+/// Takes the keys every exporter has (`queue`, `retry`, `enabled`) out of its table.
 fn split_exporter_core_keys(
     settings: &ComponentSettings,
-) -> Result<(QueueSettings, ComponentSettings), ConfigError> {
+) -> Result<(ExporterCore, ComponentSettings), ConfigError> {
     let mut rest = settings.clone();
-    let mut queue = QueueSettings::default();
+    let mut core = ExporterCore::default();
     for key in EXPORTER_CORE_KEYS {
-        if let Some(value) = rest.table.remove(key) {
-            queue = parse_value(&settings.path().key(key), value)?;
+        let Some(value) = rest.table.remove(key) else {
+            continue;
+        };
+        let path = settings.path().key(key);
+        match key {
+            "queue" => core.queue = parse_value(&path, value)?,
+            "retry" => core.retry = parse_value(&path, value)?,
+            _ => core.enabled = parse_value(&path, value)?,
         }
     }
+    check_queue(settings, &core.queue)?;
+    if let Some((key, message)) = core.retry.problem() {
+        return Err(ConfigError::new(
+            settings.path().key("retry").key(key),
+            message,
+        ));
+    }
+    Ok((core, rest))
+}
+
+fn check_queue(settings: &ComponentSettings, queue: &QueueSettings) -> Result<(), ConfigError> {
     if queue.queue_type != "memory" {
         return Err(settings.error(
             "queue",
@@ -322,7 +341,7 @@ fn split_exporter_core_keys(
             "must be at least 1",
         ));
     }
-    Ok((queue, rest))
+    Ok(())
 }
 
 struct RunningPipeline {
@@ -366,8 +385,13 @@ impl Service {
                 telemetry: telemetry.clone(),
             };
             exporter.start(&ctx).await?;
-            let queue =
-                QueuedExporter::start(&planned.id, Arc::from(exporter), planned.queue, telemetry);
+            let queue = QueuedExporter::start(
+                &planned.id,
+                &planned.type_name,
+                Arc::from(exporter),
+                planned.core,
+                telemetry,
+            );
             queues.insert(planned.id.clone(), Arc::clone(&queue));
             self.exporters.push((planned.id, queue));
         }

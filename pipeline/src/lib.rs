@@ -23,3 +23,5 @@ pub use signal::Signal;
 pub use telemetry::Telemetry;
 pub mod graph;
 pub mod queue;
+pub mod retry;
+pub mod status;

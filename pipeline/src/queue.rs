@@ -5,6 +5,7 @@
 //! (spans, data points, log records), the unit users size backends in.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,9 @@ use tokio::task::JoinSet;
 use crate::batch::Batch;
 use crate::component::{Consumer, Exporter};
 use crate::error::{ConsumeError, ExportError};
+use crate::retry::RetrySettings;
 use crate::signal::Signal;
+use crate::status::ExporterStatus;
 use crate::telemetry::{ExporterCounters, QueueGauges, Telemetry};
 
 /// What an exporter's queue does when it has no room for a batch.
@@ -74,6 +77,27 @@ impl Default for QueueSettings {
     }
 }
 
+/// What the core handles for every exporter, read from the keys every exporter's table may
+/// have: `queue`, `retry` and `enabled`.
+#[derive(Debug, Clone)]
+pub struct ExporterCore {
+    pub queue: QueueSettings,
+    pub retry: RetrySettings,
+    /// `enabled = false` keeps the exporter configured (and checked) but sends nothing: what
+    /// reaches it is counted as discarded.
+    pub enabled: bool,
+}
+
+impl Default for ExporterCore {
+    fn default() -> Self {
+        ExporterCore {
+            queue: QueueSettings::default(),
+            retry: RetrySettings::default(),
+            enabled: true,
+        }
+    }
+}
+
 struct State {
     batches: VecDeque<Batch>,
     /// Items waiting in `batches`.
@@ -87,12 +111,18 @@ struct State {
 pub struct QueuedExporter {
     id: String,
     settings: QueueSettings,
+    retry: RetrySettings,
+    enabled: AtomicBool,
+    status: Arc<ExporterStatus>,
+    discarded: [prometheus::IntCounter; 3],
+    retried: [prometheus::IntCounter; 3],
     state: Mutex<State>,
     not_empty: Notify,
     exporter: Arc<dyn Exporter>,
     counters: [ExporterCounters; 3],
     gauges: QueueGauges,
     drop_log: RateLimitedLog,
+    failure_log: RateLimitedLog,
     workers: Mutex<JoinSet<()>>,
 }
 
@@ -105,13 +135,29 @@ fn counters_index(signal: Signal) -> usize {
 }
 
 impl QueuedExporter {
-    /// Puts `exporter` behind a queue and starts its workers.
+    /// Puts `exporter` (of type `type_name`) behind a queue and starts its workers.
     pub fn start(
         id: &str,
+        type_name: &str,
         exporter: Arc<dyn Exporter>,
-        settings: QueueSettings,
+        core: ExporterCore,
         telemetry: &Telemetry,
     ) -> Arc<QueuedExporter> {
+        let ExporterCore {
+            queue: settings,
+            retry,
+            enabled,
+        } = core;
+        let discarded = telemetry.counter_vec(
+            "sluice_exporter_discarded_items_total",
+            "Items sent to an exporter that is disabled (enabled = false), so not sent anywhere.",
+            &["exporter", "signal"],
+        );
+        let retried = telemetry.counter_vec(
+            "sluice_exporter_retried_items_total",
+            "Items sent again after a retryable failure (a backend may see some twice).",
+            &["exporter", "signal"],
+        );
         let gauges = telemetry.exporter_queue(id);
         gauges
             .capacity
@@ -130,8 +176,14 @@ impl QueuedExporter {
             not_empty: Notify::new(),
             exporter,
             drop_log: RateLimitedLog::new(Duration::from_secs(1)),
+            failure_log: RateLimitedLog::new(Duration::from_secs(1)),
             workers: Mutex::new(JoinSet::new()),
             settings,
+            retry,
+            enabled: AtomicBool::new(enabled),
+            status: telemetry.exporter_status(id, type_name, enabled),
+            discarded: Signal::ALL.map(|s| discarded.with_label_values(&[id, s.as_str()])),
+            retried: Signal::ALL.map(|s| retried.with_label_values(&[id, s.as_str()])),
         });
         let mut workers = JoinSet::new();
         for _ in 0..queue.settings.consumers.max(1) {
@@ -191,23 +243,86 @@ impl QueuedExporter {
 
     async fn send(&self, batch: Batch) {
         let signal = batch.signal();
-        let items = batch.item_count() as u64;
-        let result = self.exporter.export(batch).await;
-        self.lock_state().in_flight[counters_index(signal)] -= items as usize;
-        match result {
+        let items = batch.item_count();
+        let outcome = self.send_with_retries(batch).await;
+        self.lock_state().in_flight[counters_index(signal)] -= items;
+        let items = items as u64;
+        match outcome {
             Ok(()) => self.counters(signal).sent.inc_by(items),
-            Err(error) => {
+            Err((error, attempts)) => {
                 self.counters(signal).send_failed.inc_by(items);
                 let kind = match error {
                     ExportError::Retryable { .. } => "retryable",
                     ExportError::Permanent(_) => "permanent",
                 };
-                tracing::warn!(
-                    exporter = %self.id, %signal, items, kind, %error,
-                    "export failed; the batch is dropped"
-                );
+                if let Some(suppressed) = self.failure_log.should_log() {
+                    tracing::error!(
+                        exporter = %self.id, %signal, items, kind, attempts, %error,
+                        suppressed_since_last = suppressed,
+                        "export failed; the batch is dropped"
+                    );
+                }
             }
         }
+    }
+
+    /// Sends `batch`, retrying retryable failures as the `retry` settings allow. On failure,
+    /// returns the last error and how many attempts were made.
+    async fn send_with_retries(&self, mut batch: Batch) -> Result<(), (ExportError, u32)> {
+        // Clones for retries then share the encoded bytes instead of copying decoded data.
+        if self.retry.enabled {
+            batch.encoded_segments();
+        }
+        let signal = batch.signal();
+        let items = batch.item_count();
+        let first_attempt = tokio::time::Instant::now();
+        let mut backoff = self.retry.backoff();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt = if self.retry.enabled {
+                batch.clone()
+            } else {
+                std::mem::replace(&mut batch, Batch::empty(signal))
+            };
+            let error = match self.exporter.export(attempt).await {
+                Ok(()) => {
+                    self.status.succeeded();
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            self.status.failed(&error.to_string());
+            let ExportError::Retryable { throttle, .. } = &error else {
+                return Err((error, attempts));
+            };
+            if !self.retry.enabled {
+                return Err((error, attempts));
+            }
+            let wait = backoff.next_wait(*throttle);
+            if !backoff.may_retry(first_attempt.elapsed(), wait) {
+                return Err((error, attempts));
+            }
+            if let Some(suppressed) = self.failure_log.should_log() {
+                tracing::warn!(
+                    exporter = %self.id, %signal, items, attempts, retry_in = ?wait, %error, suppressed_since_last = suppressed,
+                    "export failed; retrying"
+                );
+            }
+            self.retried[counters_index(signal)].inc_by(items as u64);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The exporter's live status.
+    pub fn status(&self) -> &Arc<ExporterStatus> {
+        &self.status
+    }
+
+    /// Turns sending on or off; the configuration and the queued data are kept.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+        self.status.set_enabled(enabled);
     }
 
     /// Stops taking batches, lets the workers send what is queued until `deadline`, then
@@ -260,6 +375,10 @@ impl Consumer for QueuedExporter {
             return Ok(());
         }
         let signal = batch.signal();
+        if !self.enabled.load(Ordering::Relaxed) {
+            self.discarded[counters_index(signal)].inc_by(items as u64);
+            return Ok(());
+        }
         {
             let mut state = self.lock_state();
             if state.closed {
@@ -424,7 +543,16 @@ mod tests {
             gate: Arc::clone(&gate),
         });
         (
-            QueuedExporter::start("gated", exporter, settings, telemetry),
+            QueuedExporter::start(
+                "gated",
+                "gated",
+                exporter,
+                ExporterCore {
+                    queue: settings,
+                    ..ExporterCore::default()
+                },
+                telemetry,
+            ),
             rx,
             gate,
         )
@@ -530,5 +658,182 @@ mod tests {
             queue.consume(spans(1)).await,
             Err(ConsumeError::ShuttingDown)
         ));
+    }
+
+    /// An exporter that answers from a script of results and records when each attempt came.
+    struct ScriptedExporter {
+        script: Mutex<VecDeque<Result<(), ExportError>>>,
+        attempts: Mutex<Vec<tokio::time::Instant>>,
+        delivered: mpsc::UnboundedSender<usize>,
+    }
+
+    #[async_trait]
+    impl Exporter for ScriptedExporter {
+        async fn export(&self, batch: Batch) -> Result<(), ExportError> {
+            self.attempts
+                .lock()
+                .unwrap()
+                .push(tokio::time::Instant::now());
+            let result = self.script.lock().unwrap().pop_front().unwrap_or(Ok(()));
+            if result.is_ok() {
+                let _ = self.delivered.send(batch.item_count());
+            }
+            result
+        }
+    }
+
+    fn scripted(
+        telemetry: &Telemetry,
+        script: Vec<Result<(), ExportError>>,
+        core: ExporterCore,
+    ) -> (
+        Arc<QueuedExporter>,
+        Arc<ScriptedExporter>,
+        mpsc::UnboundedReceiver<usize>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let exporter = Arc::new(ScriptedExporter {
+            script: Mutex::new(script.into()),
+            attempts: Mutex::new(Vec::new()),
+            delivered: tx,
+        });
+        let queue = QueuedExporter::start(
+            "scripted",
+            "test",
+            Arc::clone(&exporter) as Arc<dyn Exporter>,
+            core,
+            telemetry,
+        );
+        (queue, exporter, rx)
+    }
+
+    fn exact_retry() -> RetrySettings {
+        RetrySettings {
+            jitter: 0.0,
+            multiplier: 2.0,
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(30),
+            ..RetrySettings::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_failures_are_retried_with_growing_waits_until_accepted() {
+        let telemetry = Telemetry::new();
+        let core = ExporterCore {
+            retry: exact_retry(),
+            ..ExporterCore::default()
+        };
+        let script = vec![
+            Err(ExportError::retryable("503")),
+            Err(ExportError::retryable("503")),
+            Ok(()),
+        ];
+        let (queue, exporter, mut delivered) = scripted(&telemetry, script, core);
+        queue.consume(spans(7)).await.unwrap();
+        assert_eq!(delivered.recv().await, Some(7));
+        let attempts = exporter.attempts.lock().unwrap().clone();
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [Duration::from_secs(1), Duration::from_secs(2)]);
+        assert!(metric(&telemetry, "sluice_exporter_sent_items_total").contains("} 7"));
+        assert!(metric(&telemetry, "sluice_exporter_retried_items_total").contains("} 14"));
+        assert_eq!(
+            queue.status().state(),
+            crate::status::ExporterState::Connected
+        );
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_longer_than_backoff_is_waited_in_full() {
+        let telemetry = Telemetry::new();
+        let core = ExporterCore {
+            retry: exact_retry(),
+            ..ExporterCore::default()
+        };
+        let script = vec![
+            Err(ExportError::Retryable {
+                message: "429".into(),
+                throttle: Some(Duration::from_secs(2)),
+            }),
+            Ok(()),
+        ];
+        let (queue, exporter, mut delivered) = scripted(&telemetry, script, core);
+        queue.consume(spans(1)).await.unwrap();
+        assert_eq!(delivered.recv().await, Some(1));
+        let attempts = exporter.attempts.lock().unwrap().clone();
+        assert_eq!(attempts[1] - attempts[0], Duration::from_secs(2));
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_drops_the_batch_at_once_and_counts_it() {
+        let telemetry = Telemetry::new();
+        let script = vec![Err(ExportError::permanent("400 bad request")), Ok(())];
+        let (queue, exporter, mut delivered) =
+            scripted(&telemetry, script, ExporterCore::default());
+        queue.consume(spans(3)).await.unwrap();
+        queue.consume(spans(4)).await.unwrap();
+        // The second batch is delivered; the first was never retried.
+        assert_eq!(delivered.recv().await, Some(4));
+        assert_eq!(exporter.attempts.lock().unwrap().len(), 2);
+        assert!(metric(&telemetry, "sluice_exporter_send_failed_items_total").contains("} 3"));
+        let report = queue.status().report();
+        assert_eq!(report.last_error.as_deref(), Some("400 bad request"));
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retrying_gives_up_at_max_elapsed_time_and_counts_the_loss() {
+        let telemetry = Telemetry::new();
+        let core = ExporterCore {
+            retry: RetrySettings {
+                max_elapsed_time: Duration::from_secs(5),
+                ..exact_retry()
+            },
+            ..ExporterCore::default()
+        };
+        let script = (0..10)
+            .map(|_| Err(ExportError::retryable("unavailable")))
+            .collect();
+        let (queue, exporter, _delivered) = scripted(&telemetry, script, core);
+        queue.consume(spans(2)).await.unwrap();
+        wait_for_metric(&telemetry, "sluice_exporter_send_failed_items_total", "} 2").await;
+        // Waits of 1 s and 2 s fit in 5 s; the next (4 s) would not.
+        assert_eq!(exporter.attempts.lock().unwrap().len(), 3);
+        assert_eq!(queue.status().report().consecutive_failures, 3);
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_disabled_exporter_sends_nothing_and_counts_what_it_discarded() {
+        let telemetry = Telemetry::new();
+        let core = ExporterCore {
+            enabled: false,
+            ..ExporterCore::default()
+        };
+        let (queue, exporter, _delivered) = scripted(&telemetry, vec![], core);
+        queue.consume(spans(5)).await.unwrap();
+        assert!(metric(&telemetry, "sluice_exporter_discarded_items_total").contains("} 5"));
+        queue.set_enabled(true);
+        queue.consume(spans(1)).await.unwrap();
+        queue
+            .shutdown(Instant::now() + Duration::from_secs(5))
+            .await;
+        assert_eq!(exporter.attempts.lock().unwrap().len(), 1);
+    }
+
+    async fn wait_for_metric(telemetry: &Telemetry, name: &str, expected: &str) {
+        while !metric(telemetry, name).contains(expected) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::signal::Signal;
+use crate::status::{ExporterStatus, StatusBoard};
 
 /// The process's internal metrics. Cheap to clone; every component gets one.
 #[derive(Clone)]
@@ -31,6 +32,7 @@ struct Metrics {
     /// Metrics components registered by name, so that a component built once per pipeline (or
     /// again on reload) gets the metric registered the first time instead of a duplicate error.
     by_name: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
+    status: StatusBoard,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -121,6 +123,7 @@ impl Telemetry {
             ),
             registry,
             by_name: Mutex::new(HashMap::new()),
+            status: StatusBoard::default(),
         };
         Telemetry {
             inner: Arc::new(metrics),
@@ -191,6 +194,29 @@ impl Telemetry {
             GaugeVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|e| panic!("metric {name}: {e}"))
         })
+    }
+
+    /// Every exporter's live status.
+    pub fn status(&self) -> &StatusBoard {
+        &self.inner.status
+    }
+
+    /// The live status of exporter `id`, published as `sluice_exporter_up{exporter}` (1 when
+    /// the last export succeeded) and `sluice_exporter_state{exporter, state}`.
+    pub fn exporter_status(&self, id: &str, type_name: &str, enabled: bool) -> Arc<ExporterStatus> {
+        let up = self.gauge_vec(
+            "sluice_exporter_up",
+            "1 when the exporter's last export succeeded, 0 when it failed, is disabled or has sent nothing yet.",
+            &["exporter"],
+        );
+        let state = self.gauge_vec(
+            "sluice_exporter_state",
+            "1 for the exporter's current state: connected, disconnected (disabled or nothing sent yet) or error.",
+            &["exporter", "state"],
+        );
+        self.inner
+            .status
+            .exporter(id, type_name, enabled, (up, state))
     }
 
     /// Renders every metric in the Prometheus text exposition format.
