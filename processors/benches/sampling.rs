@@ -1,0 +1,2 @@
+//! Benchmarks of the sampling processors (filled in below).
+fn main() {}
