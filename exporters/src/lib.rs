@@ -3,11 +3,13 @@
 //! - [`otlp_grpc`]: OTLP over gRPC (tonic).
 //! - [`otlp_http`]: OTLP over HTTP, protobuf or JSON (hyper).
 //! - [`debug`]: prints batches to stdout.
+//! - [`prometheus`]: serves metrics for Prometheus to scrape.
 
 pub mod debug;
 pub mod otlp_common;
 pub mod otlp_grpc;
 pub mod otlp_http;
+pub mod prometheus;
 
 #[cfg(test)]
 mod test_data;
@@ -17,6 +19,7 @@ pub fn register(registry: &mut sluice_pipeline::Registry) {
     registry.add_exporter(otlp_grpc::OtlpGrpcFactory);
     registry.add_exporter(otlp_http::OtlpHttpFactory);
     registry.add_exporter(debug::DebugFactory);
+    registry.add_exporter(prometheus::PrometheusFactory);
 }
 
 #[cfg(test)]
