@@ -121,10 +121,103 @@ impl Recorder {
     }
 }
 
+/// How a backend refuses requests while a fault is set.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// The HTTP status the OTLP/HTTP backend answers.
+    pub http_status: u16,
+    /// The gRPC code the OTLP/gRPC backend answers.
+    pub grpc_code: tonic::Code,
+    /// A `Retry-After` header value for the HTTP answer.
+    pub retry_after: Option<&'static str>,
+    /// Refuse only this many requests, then accept again; `None` refuses until cleared.
+    pub times: Option<usize>,
+}
+
+impl Fault {
+    /// Refuses with HTTP 503 / gRPC UNAVAILABLE until cleared: a backend that is down.
+    pub fn unavailable() -> Fault {
+        Fault {
+            http_status: 503,
+            grpc_code: tonic::Code::Unavailable,
+            retry_after: None,
+            times: None,
+        }
+    }
+
+    /// Refuses with HTTP 400 / gRPC INVALID_ARGUMENT: data the backend will never take.
+    pub fn bad_request() -> Fault {
+        Fault {
+            http_status: 400,
+            grpc_code: tonic::Code::InvalidArgument,
+            retry_after: None,
+            times: None,
+        }
+    }
+}
+
+/// The faults a backend is told to inject, and when each request arrived.
+#[derive(Clone, Default)]
+pub struct Faults {
+    fault: Arc<Mutex<Option<Fault>>>,
+    arrivals: Arc<Mutex<Vec<(std::time::Instant, bool)>>>,
+}
+
+impl Faults {
+    /// Starts refusing requests as `fault` says.
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// Accepts requests again.
+    pub fn clear(&self) {
+        *self.fault.lock().unwrap() = None;
+    }
+
+    /// When each request arrived, and whether it was refused.
+    pub fn arrivals(&self) -> Vec<(std::time::Instant, bool)> {
+        self.arrivals.lock().unwrap().clone()
+    }
+
+    /// How many requests were refused.
+    pub fn refused(&self) -> usize {
+        self.arrivals().iter().filter(|(_, refused)| *refused).count()
+    }
+
+    /// The fault to answer this request with, if any; records the arrival.
+    fn take(&self) -> Option<Fault> {
+        let mut current = self.fault.lock().unwrap();
+        let fault = current.clone();
+        if let Some(Fault {
+            times: Some(left), ..
+        }) = current.as_mut()
+        {
+            *left -= 1;
+            if *left == 0 {
+                *current = None;
+            }
+        }
+        self.arrivals
+            .lock()
+            .unwrap()
+            .push((std::time::Instant::now(), fault.is_some()));
+        fault
+    }
+
+    fn grpc_refusal(&self) -> Result<(), tonic::Status> {
+        match self.take() {
+            Some(fault) => Err(tonic::Status::new(fault.grpc_code, "injected fault")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A running test backend; stops when dropped.
 pub struct Backend {
     pub address: SocketAddr,
     pub recorder: Recorder,
+    /// Faults to inject: set one to make the backend refuse requests.
+    pub faults: Faults,
     _stop: oneshot::Sender<()>,
 }
 
@@ -135,7 +228,8 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let recorder = Recorder::default();
-        let service = GrpcService(recorder.clone());
+        let faults = Faults::default();
+        let service = GrpcService(recorder.clone(), faults.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -164,6 +258,7 @@ impl Backend {
         Backend {
             address,
             recorder,
+            faults,
             _stop: stop,
         }
     }
@@ -173,8 +268,10 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let recorder = Recorder::default();
+        let faults = Faults::default();
         let (stop, mut stopped) = oneshot::channel::<()>();
         let shared = recorder.clone();
+        let shared_faults = faults.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -183,9 +280,10 @@ impl Backend {
                 };
                 let Ok((stream, _)) = accepted else { continue };
                 let recorder = shared.clone();
+                let faults = shared_faults.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
-                        handle_http(recorder.clone(), request)
+                        handle_http(recorder.clone(), faults.clone(), request)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -198,6 +296,7 @@ impl Backend {
         Backend {
             address,
             recorder,
+            faults,
             _stop: stop,
         }
     }
@@ -219,6 +318,7 @@ impl Backend {
         Backend {
             address,
             recorder: Recorder::default(),
+            faults: Faults::default(),
             _stop: stop,
         }
     }
@@ -230,7 +330,7 @@ impl Backend {
 }
 
 #[derive(Clone)]
-struct GrpcService(Recorder);
+struct GrpcService(Recorder, Faults);
 
 #[tonic::async_trait]
 impl TraceService for GrpcService {
@@ -238,6 +338,7 @@ impl TraceService for GrpcService {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.1.grpc_refusal()?;
         let headers = request.metadata().clone().into_headers();
         self.0.record(|r| {
             r.headers.push(headers);
@@ -253,6 +354,7 @@ impl MetricsService for GrpcService {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.1.grpc_refusal()?;
         let headers = request.metadata().clone().into_headers();
         self.0.record(|r| {
             r.headers.push(headers);
@@ -268,6 +370,7 @@ impl LogsService for GrpcService {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.1.grpc_refusal()?;
         let headers = request.metadata().clone().into_headers();
         self.0.record(|r| {
             r.headers.push(headers);
@@ -288,12 +391,22 @@ fn respond(status: u16, body: &'static str) -> Response<Full<Bytes>> {
 
 async fn handle_http(
     recorder: Recorder,
+    faults: Faults,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
     let Ok(collected) = body.collect().await else {
         return Ok(respond(400, "unreadable body"));
     };
+    if let Some(fault) = faults.take() {
+        let mut response = respond(fault.http_status, "injected fault");
+        if let Some(retry_after) = fault.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", retry_after.parse().unwrap());
+        }
+        return Ok(response);
+    }
     let raw = collected.to_bytes();
     let body = if parts
         .headers
