@@ -52,6 +52,6 @@ mod tests {
                 built.push(type_name);
             }
         }
-        assert_eq!(built, ["otlp_grpc", "otlp_http", "debug"]);
+        assert_eq!(built, ["otlp_grpc", "otlp_http", "debug", "prometheus"]);
     }
 }
