@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::collector::{
 };
 use prost::Message;
 
+use crate::ack::Acks;
 use crate::signal::Signal;
 use crate::wire::{self, WireError};
 
@@ -131,6 +132,8 @@ pub struct Batch {
     signal: Signal,
     items: usize,
     payload: Payload,
+    /// The acknowledgements waiting on this data (empty unless the pipeline asks for them).
+    acks: Acks,
 }
 
 impl Batch {
@@ -146,6 +149,7 @@ impl Batch {
             } else {
                 vec![bytes]
             }),
+            acks: Acks::default(),
         })
     }
 
@@ -155,6 +159,7 @@ impl Batch {
             signal: request.signal(),
             items: request.item_count(),
             payload: Payload::Decoded(request),
+            acks: Acks::default(),
         }
     }
 
@@ -164,6 +169,7 @@ impl Batch {
             signal,
             items: 0,
             payload: Payload::Encoded(Vec::new()),
+            acks: Acks::default(),
         }
     }
 
@@ -247,7 +253,9 @@ impl Batch {
         Ok(result)
     }
 
-    /// Consumes the batch, returning the decoded request.
+    /// Consumes the batch, returning the decoded request. Its acknowledgements are released as
+    /// delivered: a processor that builds new batches from the request carries them over with
+    /// [`Batch::take_acks`] and [`Batch::add_acks`].
     pub fn into_request(mut self) -> Result<Request, prost::DecodeError> {
         self.decode_in_place()?;
         match self.payload {
@@ -275,6 +283,7 @@ impl Batch {
             "batches of different signals never meet"
         );
         self.items += other.items;
+        self.acks.extend(other.acks);
         match (&mut self.payload, other.payload) {
             (Payload::Encoded(a), Payload::Encoded(b)) => a.extend(b),
             (Payload::Decoded(a), Payload::Decoded(b)) => a.append(b),
@@ -297,7 +306,20 @@ impl Batch {
     /// When the cut falls between top-level resource entries the encoded bytes are sliced
     /// without decoding; otherwise the straddling resource entry is decoded and divided.
     pub fn split_to(&mut self, max_items: usize) -> Batch {
-        wire::split_to(self, max_items)
+        let mut part = wire::split_to(self, max_items);
+        // Both parts must be delivered before the data counts as delivered.
+        part.acks = self.acks.clone();
+        part
+    }
+
+    /// Takes the batch's acknowledgements, leaving none.
+    pub fn take_acks(&mut self) -> Acks {
+        std::mem::take(&mut self.acks)
+    }
+
+    /// Adds acknowledgements that wait on this batch's data.
+    pub fn add_acks(&mut self, acks: Acks) {
+        self.acks.extend(acks);
     }
 
     pub(crate) fn from_parts_encoded(signal: Signal, items: usize, segments: Vec<Bytes>) -> Batch {
@@ -305,6 +327,7 @@ impl Batch {
             signal,
             items,
             payload: Payload::Encoded(segments),
+            acks: Acks::default(),
         }
     }
 

@@ -10,11 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::ack::{AckToken, Acks};
+use crate::batch::Batch;
 use crate::component::{
     Consumer, Exporter, ExporterContext, Processor, ProcessorContext, Receiver, ReceiverContext,
     Registry, Running, RunningProcessor, SignalConsumers,
 };
 use crate::config::{ComponentKind, ComponentSettings, Config, ConfigError, KeyPath, parse_value};
+use crate::error::ConsumeError;
 use crate::error::StartError;
 use crate::queue::{ExporterCore, Fanout, QueueSettings, QueuedExporter};
 use crate::signal::Signal;
@@ -37,6 +40,7 @@ struct PlannedExporter {
 struct PlannedPipeline {
     name: String,
     signal: Signal,
+    acknowledgements: bool,
     processors: Vec<(String, Box<dyn Processor>)>,
     exporters: Vec<String>,
 }
@@ -131,6 +135,7 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
         pipelines.push(PlannedPipeline {
             name: pipeline.name.clone(),
             signal: pipeline.signal,
+            acknowledgements: pipeline.acknowledgements,
             processors,
             exporters: pipeline.exporters.clone(),
         });
@@ -349,6 +354,26 @@ struct RunningPipeline {
     processors: Vec<Arc<dyn RunningProcessor>>,
 }
 
+/// The head of a pipeline with `acknowledgements = true`: takes a batch only once every
+/// exporter has sent it or written it to its disk queue (see [`crate::ack`]).
+struct Acknowledging {
+    next: Arc<dyn Consumer>,
+}
+
+#[async_trait::async_trait]
+impl Consumer for Acknowledging {
+    async fn consume(&self, mut batch: Batch) -> Result<(), ConsumeError> {
+        let (token, waiter) = AckToken::new();
+        let mut acks = Acks::default();
+        acks.push(token);
+        batch.add_acks(acks);
+        self.next.consume(batch).await?;
+        // Retryable: the client sends again, and at-least-once delivery may mean a duplicate,
+        // never a loss.
+        waiter.outcome().await.map_err(ConsumeError::Backpressure)
+    }
+}
+
 /// A running pipeline graph.
 pub struct Service {
     receivers: Vec<(String, Box<dyn Running>)>,
@@ -419,6 +444,9 @@ impl Service {
                 processors.push(running);
             }
             processors.reverse();
+            if pipeline.acknowledgements {
+                next = Arc::new(Acknowledging { next });
+            }
             heads.insert(pipeline.name.clone(), (pipeline.signal, next));
             self.pipelines.push(RunningPipeline {
                 name: pipeline.name,
@@ -765,5 +793,95 @@ type = "metrics_only"
                 "pipes.toml:10: gatway: unknown section; expected one of: service, receivers, processors, exporters, pipelines, portal"
             ]
         );
+    }
+
+    /// An exporter that waits for a permit per batch, then answers `outcome`.
+    struct GatedExporter {
+        gate: Arc<tokio::sync::Semaphore>,
+        outcome: Result<(), ExportError>,
+    }
+    #[async_trait]
+    impl Exporter for GatedExporter {
+        async fn export(&self, _: Batch) -> Result<(), ExportError> {
+            let _permit = self.gate.acquire().await;
+            self.outcome.clone()
+        }
+    }
+
+    fn acknowledging_pipeline(
+        outcome: Result<(), ExportError>,
+    ) -> (
+        Acknowledging,
+        Arc<tokio::sync::Semaphore>,
+        Arc<QueuedExporter>,
+    ) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let exporter = Arc::new(GatedExporter {
+            gate: Arc::clone(&gate),
+            outcome,
+        });
+        let queue = QueuedExporter::start(
+            "gated",
+            "gated",
+            exporter,
+            ExporterCore {
+                retry: crate::retry::RetrySettings {
+                    enabled: false,
+                    ..Default::default()
+                },
+                ..ExporterCore::default()
+            },
+            &Telemetry::new(),
+        );
+        let head = Acknowledging {
+            next: Arc::clone(&queue) as Arc<dyn Consumer>,
+        };
+        (head, gate, queue)
+    }
+
+    fn one_span() -> Batch {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        Batch::from_request(crate::batch::Request::Traces(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }))
+    }
+
+    #[tokio::test]
+    async fn with_acknowledgements_a_batch_is_taken_only_once_the_backend_has_it() {
+        let (head, gate, queue) = acknowledging_pipeline(Ok(()));
+        let mut consumed = Box::pin(head.consume(one_span()));
+        // Queued, not yet sent: the receiver must not answer yet.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut consumed)
+                .await
+                .is_err()
+        );
+        gate.add_permits(1);
+        assert_eq!(consumed.await, Ok(()));
+        queue
+            .shutdown(Instant::now() + std::time::Duration::from_secs(1))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn with_acknowledgements_a_failed_export_reaches_the_receiver_as_retryable() {
+        let (head, gate, queue) = acknowledging_pipeline(Err(ExportError::permanent("400")));
+        gate.add_permits(1);
+        let refused = head.consume(one_span()).await;
+        let Err(error) = refused else {
+            panic!("a batch the backend refused was acknowledged");
+        };
+        assert!(error.is_retryable());
+        assert!(error.to_string().contains("could not send"), "{error}");
+        queue
+            .shutdown(Instant::now() + std::time::Duration::from_secs(1))
+            .await;
     }
 }

@@ -2,6 +2,7 @@
 //! that wires components into running pipelines. Components depend on this crate; it knows
 //! them only through the traits in [`component`].
 
+pub mod ack;
 pub mod admin;
 pub mod batch;
 pub mod component;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::ack::Acks;
 use crate::batch::Batch;
 use crate::component::{Consumer, Exporter};
 use crate::error::{ConsumeError, ExportError};
@@ -241,15 +242,28 @@ impl QueuedExporter {
         }
     }
 
-    async fn send(&self, batch: Batch) {
+    async fn send(&self, mut batch: Batch) {
         let signal = batch.signal();
         let items = batch.item_count();
+        // Failed if this future is dropped before the backend has the data (shutdown aborts
+        // workers stuck on a dead backend).
+        let acks = UndeliveredAcks(
+            Some(batch.take_acks()),
+            format!("exporter {} stopped before sending the data", self.id),
+        );
         let outcome = self.send_with_retries(batch).await;
         self.lock_state().in_flight[counters_index(signal)] -= items;
         let items = items as u64;
         match outcome {
-            Ok(()) => self.counters(signal).sent.inc_by(items),
+            Ok(()) => {
+                acks.delivered();
+                self.counters(signal).sent.inc_by(items);
+            }
             Err((error, attempts)) => {
+                drop(UndeliveredAcks(
+                    acks.take(),
+                    format!("exporter {} could not send the data: {error}", self.id),
+                ));
                 self.counters(signal).send_failed.inc_by(items);
                 let kind = match error {
                     ExportError::Retryable { .. } => "retryable",
@@ -339,7 +353,7 @@ impl QueuedExporter {
             workers.abort_all();
             while workers.join_next().await.is_some() {}
         }
-        let (left, abandoned) = {
+        let (mut left, abandoned) = {
             let mut state = self.lock_state();
             state.items = 0;
             (
@@ -348,6 +362,11 @@ impl QueuedExporter {
             )
         };
         self.gauges.size.set(0);
+        for batch in &mut left {
+            batch
+                .take_acks()
+                .fail_now("shut down before the data was sent");
+        }
         for signal in Signal::ALL {
             let queued: usize = left
                 .iter()
@@ -404,6 +423,10 @@ impl Consumer for QueuedExporter {
                 self.id
             ))),
             WhenFull::DropNewest => {
+                let mut batch = batch;
+                batch
+                    .take_acks()
+                    .fail_now(&format!("exporter {} queue is full", self.id));
                 self.counters(signal).enqueue_failed.inc_by(items as u64);
                 if let Some(suppressed) = self.drop_log.should_log() {
                     tracing::warn!(
@@ -414,6 +437,29 @@ impl Consumer for QueuedExporter {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+/// Acknowledgements of data being sent: failed with the reason when dropped, unless
+/// [`UndeliveredAcks::delivered`] was called.
+struct UndeliveredAcks(Option<Acks>, String);
+
+impl UndeliveredAcks {
+    fn delivered(mut self) {
+        // Released without a failure mark: delivered.
+        self.0.take();
+    }
+
+    fn take(mut self) -> Option<Acks> {
+        self.0.take()
+    }
+}
+
+impl Drop for UndeliveredAcks {
+    fn drop(&mut self) {
+        if let Some(acks) = self.0.take() {
+            acks.fail_now(&self.1);
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct PipelineConfig {
     pub receivers: Vec<String>,
     pub processors: Vec<String>,
     pub exporters: Vec<String>,
+    /// Whether receivers answer their clients only once every exporter of the pipeline has
+    /// sent the data or written it to its disk queue.
+    pub acknowledgements: bool,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +82,8 @@ struct RawPipeline {
     processors: Vec<String>,
     #[serde(default)]
     exporters: Vec<String>,
+    #[serde(default)]
+    acknowledgements: bool,
 }
 
 /// A loaded configuration file. Component tables are checked when the graph is built from it.
@@ -324,6 +329,7 @@ fn read_pipelines(
                 receivers: raw.receivers,
                 processors: raw.processors,
                 exporters: raw.exporters,
+                acknowledgements: raw.acknowledgements,
             },
         );
     }
