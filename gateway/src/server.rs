@@ -176,6 +176,13 @@ impl Gateway {
         })
     }
 
+    /// How many requests are being handled right now (streams until their last byte): the
+    /// `sluice_gateway_requests_in_flight` gauge, for reporting it elsewhere too.
+    pub fn requests_in_flight(&self) -> impl Fn() -> i64 + Send + Sync + 'static {
+        let gauge = self.shared.in_flight.clone();
+        move || gauge.get()
+    }
+
     /// The gateway's routes, for serving them some other way (or in tests without a socket).
     pub fn router(&self) -> Router {
         let handler = |operation: Operation| {

@@ -161,6 +161,8 @@ pub(crate) struct Aggregator {
     policy_denied: Series<u64>,
     fallbacks: Series<u64>,
     tokens: Series<u64>,
+    /// The gateway's requests in flight when last read, if reported.
+    active_requests: Option<i64>,
 }
 
 impl Aggregator {
@@ -179,7 +181,13 @@ impl Aggregator {
             policy_denied: Series::default(),
             fallbacks: Series::default(),
             tokens: Series::default(),
+            active_requests: None,
         }
+    }
+
+    /// Sets the requests in flight reported by the next export.
+    pub(crate) fn set_active_requests(&mut self, active: i64) {
+        self.active_requests = Some(active);
     }
 
     /// The requested model as metrics report it.
@@ -442,6 +450,26 @@ impl Aggregator {
                 ..Default::default()
             });
         }
+        if let Some(active) = self.active_requests {
+            // An UpDownCounter in OTLP terms: a non-monotonic cumulative sum.
+            metrics.push(Metric {
+                name: "sluice.gateway.active_requests".to_string(),
+                description: "Requests the gateway is handling (streams until their last byte)."
+                    .to_string(),
+                unit: "{request}".to_string(),
+                data: Some(metric::Data::Sum(Sum {
+                    data_points: vec![NumberDataPoint {
+                        start_time_unix_nano: start,
+                        time_unix_nano: now_unix_nano,
+                        value: Some(number_data_point::Value::AsInt(active)),
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: false,
+                })),
+                ..Default::default()
+            });
+        }
         Some(ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(resource.clone()),
@@ -675,6 +703,36 @@ mod tests {
                 ("\"input\"".to_string(), 12 + 3000 + 8),
                 ("\"output\"".to_string(), 41),
             ])
+        );
+    }
+
+    #[test]
+    fn requests_in_flight_are_reported_as_an_up_down_counter() {
+        let mut agg = aggregator();
+        agg.record(&fixtures::streamed_chat());
+        assert!(
+            export(&agg)
+                .iter()
+                .all(|m| m.name != "sluice.gateway.active_requests"),
+            "not reported until read"
+        );
+        agg.set_active_requests(3);
+        let metrics = export(&agg);
+        let active = metric(&metrics, "sluice.gateway.active_requests");
+        assert_eq!(active.unit, "{request}");
+        let Some(metric::Data::Sum(sum)) = &active.data else {
+            panic!("not a sum: {active:?}")
+        };
+        assert!(!sum.is_monotonic);
+        assert_eq!(
+            sum.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+        assert_eq!(sum.data_points.len(), 1);
+        assert!(sum.data_points[0].attributes.is_empty());
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsInt(3))
         );
     }
 

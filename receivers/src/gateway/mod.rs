@@ -202,6 +202,7 @@ impl GatewayReceiver {
         let (events, receiver) = mpsc::channel(self.telemetry.event_buffer);
         let gateway = Gateway::new(self.gateway, events, ctx.telemetry.clone())
             .map_err(|e| start_error(e.to_string()))?;
+        let in_flight = gateway.requests_in_flight();
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| start_error(format!("cannot listen on {listen}: {e}")))?;
@@ -212,8 +213,9 @@ impl GatewayReceiver {
         tracing::info!(receiver = %ctx.id, addr = %local_addr, "AI gateway listening");
 
         let stop = CancellationToken::new();
-        let converter =
+        let mut converter =
             Converter::new(ctx, &self.telemetry.service_name, started_at, routed_models);
+        converter.in_flight = Some(Box::new(in_flight));
         let task =
             tokio::spawn(converter.run(receiver, self.telemetry.metrics_interval, stop.clone()));
         Ok(RunningGatewayReceiver {
@@ -275,6 +277,8 @@ struct Converter {
     scope: InstrumentationScope,
     /// `None` when no metrics pipeline takes the receiver's data: nothing to aggregate.
     metrics: Option<metrics::Aggregator>,
+    /// Reads the gateway's requests in flight, reported with the metrics.
+    in_flight: Option<Box<dyn Fn() -> i64 + Send + Sync>>,
     refusal_log: RefusalLog,
 }
 
@@ -308,6 +312,7 @@ impl Converter {
                 ..Default::default()
             },
             metrics,
+            in_flight: None,
             refusal_log: RefusalLog::default(),
         }
     }
@@ -370,9 +375,12 @@ impl Converter {
     }
 
     async fn export_metrics(&mut self) {
-        let Some(aggregator) = &self.metrics else {
+        let Some(aggregator) = &mut self.metrics else {
             return;
         };
+        if let Some(in_flight) = &self.in_flight {
+            aggregator.set_active_requests(in_flight());
+        }
         if let Some(request) =
             aggregator.export_request(now_unix_nano(), &self.resource, &self.scope)
         {
