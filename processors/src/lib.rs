@@ -5,6 +5,7 @@ pub mod cost;
 pub mod memory_limiter;
 pub mod probabilistic_sampler;
 pub mod resource;
+pub mod tail_sampling;
 
 /// Adds every processor type of this crate to `registry`.
 pub fn register(registry: &mut sluice_pipeline::Registry) {
@@ -13,4 +14,5 @@ pub fn register(registry: &mut sluice_pipeline::Registry) {
     registry.add_processor(memory_limiter::MemoryLimiterFactory);
     registry.add_processor(probabilistic_sampler::ProbabilisticSamplerFactory);
     registry.add_processor(resource::ResourceProcessorFactory);
+    registry.add_processor(tail_sampling::TailSamplingFactory);
 }
