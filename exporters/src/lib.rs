@@ -7,9 +7,11 @@
 
 pub mod debug;
 pub mod otlp_common;
+pub mod otlp_env;
 pub mod otlp_grpc;
 pub mod otlp_http;
 pub mod prometheus;
+pub mod tls;
 
 #[cfg(test)]
 mod test_data;

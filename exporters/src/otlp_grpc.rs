@@ -29,32 +29,44 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::otlp_common::{
-    self, Compression, ExportResponse, default_compression, default_compression_level,
-    default_timeout,
+    self, Auth, Compression, ExportResponse, Secret, default_compression,
+    default_compression_level, default_timeout,
 };
+use crate::otlp_env::OtlpEnv;
+use crate::tls::{Tls, TlsConfig};
 use sluice_pipeline::error::error_chain;
 
-/// Configuration of an `otlp_grpc` exporter.
-#[derive(Debug, Clone, Deserialize)]
+/// Configuration of an `otlp_grpc` exporter. Keys left out that the OpenTelemetry environment
+/// variables define (`endpoint`, `headers`, `compression`, `timeout`) are taken from them.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The backend, as `"http://host:port"`. Only `http://` for now.
-    pub endpoint: String,
-    /// Request compression: `"gzip"` or `"none"`.
-    #[serde(default = "default_compression")]
-    pub compression: Compression,
+    /// The backend, as `"http://host:port"` or `"https://host:port"` (TLS). Without it,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Request compression: `"gzip"` or `"none"`. Without it, `OTEL_EXPORTER_OTLP_COMPRESSION`,
+    /// else [`default_compression`] (gzip).
+    #[serde(default)]
+    pub compression: Option<Compression>,
     /// gzip effort, 1 (fastest) to 9 (smallest).
     #[serde(default = "default_compression_level")]
     pub compression_level: u32,
-    /// How long one export may take, connecting and waiting for the answer included.
-    #[serde(
-        default = "default_timeout",
-        with = "sluice_pipeline::config::duration"
-    )]
-    pub timeout: Duration,
-    /// Extra gRPC metadata sent with every request, e.g. an API key or a tenant id.
+    /// How long one export may take, connecting and waiting for the answer included. Without
+    /// it, `OTEL_EXPORTER_OTLP_TIMEOUT`, else [`default_timeout`] (10 s).
+    #[serde(default, deserialize_with = "otlp_common::optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Extra gRPC metadata sent with every request, e.g. a tenant id. Without it,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: Option<BTreeMap<String, Secret>>,
+    /// Authentication: `{ type = "bearer", token }`, `{ type = "basic", username, password }`
+    /// or `{ type = "api_key", header, value }`.
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// TLS settings for an `https://` endpoint (by default the system's roots verify it).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Builds `otlp_grpc` exporters.
@@ -71,7 +83,11 @@ impl ExporterFactory for OtlpGrpcFactory {
 
     fn build(&self, settings: &ComponentSettings) -> Result<Box<dyn Exporter>, ConfigError> {
         let config: Config = settings.parse()?;
-        Ok(Box::new(OtlpGrpcExporter::new(settings, config)?))
+        Ok(Box::new(OtlpGrpcExporter::new(
+            settings,
+            config,
+            &OtlpEnv::from_process(),
+        )?))
     }
 }
 
@@ -86,29 +102,96 @@ pub struct OtlpGrpcExporter {
     uris: [http::Uri; 3],
     /// The headers of every request: gRPC's own and the configured metadata.
     headers: http::HeaderMap,
+    /// For `https://` endpoints: the rustls setup the channel connects with.
+    tls: Option<Tls>,
     /// Created on first use: a channel spawns its worker on the tokio runtime, which `build`
     /// (run by `sluice validate` too) does not have. It connects lazily, and reconnects on its
     /// own after the backend went away.
     channel: OnceLock<Channel>,
 }
 
+/// Shows the settings but no secret: header values are marked sensitive, so `HeaderMap`'s
+/// `Debug` prints `Sensitive` in their place.
+impl std::fmt::Debug for OtlpGrpcExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpGrpcExporter")
+            .field("id", &self.id)
+            .field("endpoint", self.endpoint.uri())
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
 impl OtlpGrpcExporter {
-    /// Checks the configuration and prepares the exporter; connects nothing.
-    pub fn new(settings: &ComponentSettings, config: Config) -> Result<Self, ConfigError> {
-        let uri = otlp_common::parse_http_url(settings, "endpoint", &config.endpoint)?;
+    /// Checks the configuration and prepares the exporter; connects nothing. Keys the config
+    /// omits are taken from `env` where it sets them.
+    pub fn new(
+        settings: &ComponentSettings,
+        config: Config,
+        env: &OtlpEnv,
+    ) -> Result<Self, ConfigError> {
+        let (endpoint, endpoint_var) = match config.endpoint {
+            Some(endpoint) => (endpoint, None),
+            None => match env.grpc_endpoint(None) {
+                Some(var) => (var.value, Some(var.name)),
+                None => {
+                    return Err(settings.error(
+                        "endpoint",
+                        "missing: set endpoint = \"http://host:4317\" or the OTEL_EXPORTER_OTLP_ENDPOINT environment variable",
+                    ));
+                }
+            },
+        };
+        let from_env = |e| otlp_common::from_env(e, endpoint_var.as_deref());
+        let uri = otlp_common::parse_http_url(settings, "endpoint", &endpoint).map_err(from_env)?;
         if !matches!(uri.path(), "" | "/") {
-            return Err(settings.error(
+            return Err(from_env(settings.error(
                 "endpoint",
                 format!(
-                    "a gRPC endpoint has no path: write \"http://{}\"",
+                    "a gRPC endpoint has no path: write \"{}://{}\"",
+                    uri.scheme_str().unwrap_or("http"),
                     uri.authority().map(|a| a.as_str()).unwrap_or("host:4317")
                 ),
-            ));
+            )));
         }
+        let tls = match (uri.scheme_str(), &config.tls) {
+            (Some("https"), tls) => Some(Tls::new(settings, &tls.clone().unwrap_or_default())?),
+            (_, Some(_)) => {
+                return Err(settings.error(
+                    "tls",
+                    "the endpoint is http://, which does not use TLS: write https:// to use these settings",
+                ));
+            }
+            (_, None) => None,
+        };
         otlp_common::check_compression_level(settings, config.compression_level)?;
-        if config.timeout.is_zero() {
+        let compression = match config.compression {
+            Some(compression) => compression,
+            None => env
+                .compression(None)
+                .map_err(|m| settings.error("compression", m))?
+                .unwrap_or_else(default_compression),
+        };
+        let timeout = match config.timeout {
+            Some(timeout) => timeout,
+            None => env
+                .timeout(None)
+                .map_err(|m| settings.error("timeout", m))?
+                .unwrap_or_else(default_timeout),
+        };
+        if timeout.is_zero() {
             return Err(settings.error("timeout", "must be greater than zero"));
         }
+        let configured_headers = match config.headers {
+            Some(headers) => headers,
+            None => env
+                .headers(None)
+                .map_err(|m| settings.error("headers", m))?
+                .unwrap_or_default(),
+        };
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -119,13 +202,15 @@ impl OtlpGrpcExporter {
             "grpc-accept-encoding",
             http::HeaderValue::from_static("gzip"),
         );
-        if config.compression == Compression::Gzip {
+        if compression == Compression::Gzip {
             headers.insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
         }
-        let timeout = http::HeaderValue::try_from(grpc_timeout(config.timeout))
+        let grpc_timeout_value = http::HeaderValue::try_from(grpc_timeout(timeout))
             .map_err(|e| settings.error("timeout", e.to_string()))?;
-        headers.insert("grpc-timeout", timeout);
-        for (name, value) in otlp_common::parse_headers(settings, &config.headers)? {
+        headers.insert("grpc-timeout", grpc_timeout_value);
+        for (name, value) in
+            otlp_common::request_headers(settings, &configured_headers, config.auth.as_ref())?
+        {
             let path = settings.path().key("headers").key(name.as_str());
             let key = AsciiMetadataKey::from_bytes(name.as_str().as_bytes()).map_err(|_| {
                 ConfigError::new(
@@ -137,8 +222,9 @@ impl OtlpGrpcExporter {
                 .map_err(|_| ConfigError::new(path.clone(), "not a valid gRPC metadata value"))?;
             let name = http::HeaderName::from_bytes(key.as_str().as_bytes())
                 .map_err(|e| ConfigError::new(path.clone(), e.to_string()))?;
-            let value = http::HeaderValue::from_bytes(value.as_encoded_bytes())
+            let mut value = http::HeaderValue::from_bytes(value.as_encoded_bytes())
                 .map_err(|e| ConfigError::new(path, e.to_string()))?;
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         let uris = Signal::ALL.map(|signal| {
@@ -150,25 +236,36 @@ impl OtlpGrpcExporter {
             return Err(settings.error("endpoint", "cannot form the OTLP service URIs"));
         };
         let endpoint = Endpoint::from(uri)
-            .connect_timeout(config.timeout)
+            .connect_timeout(timeout)
             .tcp_nodelay(true)
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .map_err(|e| settings.error("endpoint", e.to_string()))?;
         Ok(OtlpGrpcExporter {
             id: settings.id.clone(),
             endpoint,
-            compression: config.compression,
+            compression,
             compression_level: config.compression_level,
-            timeout: config.timeout,
+            timeout,
             uris: [traces, metrics, logs],
             headers,
+            tls,
             channel: OnceLock::new(),
         })
     }
 
     fn channel(&self) -> Channel {
         self.channel
-            .get_or_init(|| self.endpoint.connect_lazy())
+            .get_or_init(|| match &self.tls {
+                None => self.endpoint.connect_lazy(),
+                Some(tls) => {
+                    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+                    tcp.enforce_http(false);
+                    tcp.set_nodelay(true);
+                    tcp.set_connect_timeout(Some(self.timeout));
+                    self.endpoint
+                        .connect_with_connector_lazy(tls.http2_connector(tcp))
+                }
+            })
             .clone()
     }
 
@@ -190,7 +287,12 @@ impl OtlpGrpcExporter {
         *request.body_mut() = tonic::body::Body::new(http_body_util::Full::new(frame));
         let response = tower::ServiceExt::oneshot(self.channel(), request)
             .await
-            .map_err(|e| Status::unavailable(format!("sending: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                // The cause stays attached so `check` can tell DNS from TLS from refused.
+                let mut status = Status::unavailable(format!("sending: {}", error_chain(&e)));
+                status.set_source(std::sync::Arc::new(e));
+                status
+            })?;
         read_response(response).await
     }
 
@@ -238,7 +340,46 @@ impl OtlpGrpcExporter {
 impl Exporter for OtlpGrpcExporter {
     async fn start(&mut self, ctx: &ExporterContext) -> Result<(), StartError> {
         self.id = ctx.id.clone();
+        if let Some(tls) = &self.tls {
+            tls.warn_if_insecure(&self.id);
+        }
         Ok(())
+    }
+
+    async fn check(&self, signal: Signal) -> Result<String, ExportError> {
+        if let Some(tls) = &self.tls {
+            tls.warn_if_insecure(&self.id);
+        }
+        let target = self.endpoint.uri().to_string();
+        let target = target.trim_end_matches('/');
+        let batch = Batch::empty(signal);
+        let call = async {
+            match signal {
+                Signal::Traces => self
+                    .call::<ExportTraceServiceResponse>(batch)
+                    .await
+                    .map(drop),
+                Signal::Metrics => self
+                    .call::<ExportMetricsServiceResponse>(batch)
+                    .await
+                    .map(drop),
+                Signal::Logs => self
+                    .call::<ExportLogsServiceResponse>(batch)
+                    .await
+                    .map(drop),
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => Ok(format!("{target}: reachable, export accepted")),
+            Ok(Err(status)) => Err(ExportError::permanent(format!(
+                "{target}: {}",
+                diagnose(&status, signal)
+            ))),
+            Err(_) => Err(ExportError::retryable(format!(
+                "{target}: timed out after {} without an answer",
+                humantime::format_duration(self.timeout)
+            ))),
+        }
     }
 
     async fn export(&self, batch: Batch) -> Result<(), ExportError> {
@@ -279,6 +420,43 @@ fn classify(status: &Status) -> ExportError {
         ExportError::Retryable { message, throttle }
     } else {
         ExportError::Permanent(message)
+    }
+}
+
+/// Why a check's export failed, in words a user can act on.
+fn diagnose(status: &Status, signal: Signal) -> String {
+    if let Some(source) = std::error::Error::source(status) {
+        let cause = otlp_common::connection_failure(source);
+        // An HTTP/1-only server answers the HTTP/2 preface with an HTTP/1 response, which the
+        // HTTP/2 client reads as a malformed frame.
+        if cause.contains("frame with invalid size")
+            || cause.contains("invalid HTTP/2")
+            || cause.contains("connection closed")
+            || cause.contains("PROTOCOL_ERROR")
+        {
+            return format!(
+                "wrong protocol: the server does not speak HTTP/2, so not gRPC (an HTTP/1 port such as OTLP/HTTP's 4318? use otlp_http for it): {cause}"
+            );
+        }
+        return cause;
+    }
+    let detail = if status.message().is_empty() {
+        format!("gRPC {:?}", status.code())
+    } else {
+        format!("gRPC {:?}: {}", status.code(), status.message())
+    };
+    match status.code() {
+        Code::Unauthenticated => {
+            format!("authentication failed ({detail}): check auth and headers")
+        }
+        Code::PermissionDenied => format!("permission denied ({detail}): check auth and headers"),
+        _ if status.message().ends_with("without a gRPC status") => format!(
+            "wrong protocol: the server answered in HTTP/2 but not gRPC ({detail}); is this an OTLP/HTTP port? use otlp_http for it"
+        ),
+        Code::Unimplemented => format!(
+            "the server does not implement the OTLP {signal} service ({detail}): wrong port?"
+        ),
+        _ => format!("export refused ({detail})"),
     }
 }
 

@@ -26,18 +26,24 @@ use sluice_pipeline::{
 };
 
 use crate::otlp_common::{
-    self, Compression, ExportResponse, PartialSuccess, default_compression,
+    self, Auth, Compression, ExportResponse, PartialSuccess, Secret, default_compression,
     default_compression_level, default_timeout,
 };
+use crate::otlp_env::OtlpEnv;
+use crate::tls::{Tls, TlsConfig};
 use sluice_pipeline::error::error_chain;
 
-/// Configuration of an `otlp_http` exporter.
-#[derive(Debug, Clone, Deserialize)]
+/// Configuration of an `otlp_http` exporter. Keys left out that the OpenTelemetry environment
+/// variables define (endpoints, `headers`, `compression`, `timeout`) are taken from them.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Base URL of the OTLP/HTTP backend, e.g. `"http://collector:4318"`. `/v1/traces`,
-    /// `/v1/metrics` and `/v1/logs` are appended to it. Only `http://` for now.
-    pub endpoint: String,
+    /// Base URL of the OTLP/HTTP backend, e.g. `"http://collector:4318"` or
+    /// `"https://collector:4318"` (TLS). `/v1/traces`, `/v1/metrics` and `/v1/logs` are
+    /// appended to it. Without it, `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT` (as-is) or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (with `/v1/<signal>` appended).
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// Full URL for traces, used as-is instead of `endpoint` + `/v1/traces`.
     #[serde(default)]
     pub traces_endpoint: Option<String>,
@@ -50,27 +56,35 @@ pub struct Config {
     /// Body encoding: `"proto"` (binary protobuf) or `"json"` (OTLP/JSON).
     #[serde(default = "default_encoding")]
     pub encoding: Encoding,
-    /// Body compression: `"gzip"` or `"none"`.
-    #[serde(default = "default_compression")]
-    pub compression: Compression,
+    /// Body compression: `"gzip"` or `"none"`. Without it, `OTEL_EXPORTER_OTLP_COMPRESSION`,
+    /// else [`default_compression`] (gzip).
+    #[serde(default)]
+    pub compression: Option<Compression>,
     /// gzip effort, 1 (fastest) to 9 (smallest).
     #[serde(default = "default_compression_level")]
     pub compression_level: u32,
-    /// How long one export may take, connecting and reading the answer included.
-    #[serde(
-        default = "default_timeout",
-        with = "sluice_pipeline::config::duration"
-    )]
-    pub timeout: Duration,
-    /// Extra HTTP headers sent with every request, e.g. an API key or a tenant id.
+    /// How long one export may take, connecting and reading the answer included. Without it,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, else [`default_timeout`] (10 s).
+    #[serde(default, deserialize_with = "otlp_common::optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Extra HTTP headers sent with every request, e.g. a tenant id. Without it,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: Option<BTreeMap<String, Secret>>,
+    /// Authentication: `{ type = "bearer", token }`, `{ type = "basic", username, password }`
+    /// or `{ type = "api_key", header, value }`.
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// TLS settings for `https://` endpoints (by default the system's roots verify them).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// How request bodies are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
+    #[default]
     Proto,
     Json,
 }
@@ -93,7 +107,11 @@ impl ExporterFactory for OtlpHttpFactory {
 
     fn build(&self, settings: &ComponentSettings) -> Result<Box<dyn Exporter>, ConfigError> {
         let config: Config = settings.parse()?;
-        Ok(Box::new(OtlpHttpExporter::new(settings, config)?))
+        Ok(Box::new(OtlpHttpExporter::new(
+            settings,
+            config,
+            &OtlpEnv::from_process(),
+        )?))
     }
 }
 
@@ -103,55 +121,152 @@ const MAX_ERROR_TEXT: usize = 512;
 /// and a misbehaving backend must not make us buffer an arbitrary amount.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The HTTP client: plain, or through rustls when an endpoint is `https://`.
+enum HttpClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl HttpClient {
+    async fn request(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            HttpClient::Plain(client) => client.request(request).await,
+            HttpClient::Tls(client) => client.request(request).await,
+        }
+    }
+}
 
 /// An exporter sending OTLP over HTTP/1.1 with pooled keep-alive connections.
 pub struct OtlpHttpExporter {
     id: String,
-    traces_url: Uri,
-    metrics_url: Uri,
-    logs_url: Uri,
+    /// Each signal's URL, in [`Signal::ALL`] order; `None` when neither the config nor the
+    /// environment gives one (only possible when the environment sets some signals' only).
+    urls: [Option<Uri>; 3],
     encoding: Encoding,
     compression: Compression,
     compression_level: u32,
     timeout: Duration,
     headers: HeaderMap,
+    /// Set when an endpoint is `https://`.
+    tls: Option<Tls>,
     /// Created on first use: the client's pool needs a running tokio runtime, which `build`
     /// (run by `sluice validate` too) does not have.
     client: OnceLock<HttpClient>,
 }
 
-/// Appends `/v1/<signal>` to the base endpoint, with exactly one slash between them.
-fn signal_url(
-    settings: &ComponentSettings,
-    base: &str,
-    signal: Signal,
-) -> Result<Uri, ConfigError> {
-    let url = format!("{}/v1/{}", base.trim_end_matches('/'), signal.as_str());
-    otlp_common::parse_http_url(settings, "endpoint", &url)
+/// Shows the settings but no secret: header values are marked sensitive, so `HeaderMap`'s
+/// `Debug` prints `Sensitive` in their place.
+impl std::fmt::Debug for OtlpHttpExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpHttpExporter")
+            .field("id", &self.id)
+            .field("urls", &self.urls)
+            .field("encoding", &self.encoding)
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+fn signal_index(signal: Signal) -> usize {
+    match signal {
+        Signal::Traces => 0,
+        Signal::Metrics => 1,
+        Signal::Logs => 2,
+    }
 }
 
 impl OtlpHttpExporter {
-    /// Checks the configuration and prepares the exporter; connects nothing.
-    pub fn new(settings: &ComponentSettings, config: Config) -> Result<Self, ConfigError> {
-        otlp_common::parse_http_url(settings, "endpoint", &config.endpoint)?;
+    /// Checks the configuration and prepares the exporter; connects nothing. Keys the config
+    /// omits are taken from `env` where it sets them.
+    pub fn new(
+        settings: &ComponentSettings,
+        config: Config,
+        env: &OtlpEnv,
+    ) -> Result<Self, ConfigError> {
+        if let Some(endpoint) = &config.endpoint {
+            otlp_common::parse_http_url(settings, "endpoint", endpoint)?;
+        }
         otlp_common::check_compression_level(settings, config.compression_level)?;
-        let url = |signal: Signal, key: &str, overridden: &Option<String>| match overridden {
-            Some(url) => otlp_common::parse_http_url(settings, key, url),
-            None => signal_url(settings, &config.endpoint, signal),
+        // Explicit config first (a signal's own URL, then the base endpoint), then the
+        // environment (the signal's variable as-is, then the generic one + /v1/<signal>).
+        let url = |signal: Signal, key: &str, overridden: &Option<String>| {
+            if let Some(url) = overridden {
+                return otlp_common::parse_http_url(settings, key, url).map(Some);
+            }
+            if let Some(base) = &config.endpoint {
+                let url = format!("{}/v1/{}", base.trim_end_matches('/'), signal.as_str());
+                return otlp_common::parse_http_url(settings, "endpoint", &url).map(Some);
+            }
+            match env.http_url(signal) {
+                Some(var) => otlp_common::parse_http_url(settings, "endpoint", &var.value)
+                    .map(Some)
+                    .map_err(|e| otlp_common::from_env(e, Some(&var.name))),
+                None => Ok(None),
+            }
         };
-        let traces_url = url(Signal::Traces, "traces_endpoint", &config.traces_endpoint)?;
-        let metrics_url = url(
-            Signal::Metrics,
-            "metrics_endpoint",
-            &config.metrics_endpoint,
-        )?;
-        let logs_url = url(Signal::Logs, "logs_endpoint", &config.logs_endpoint)?;
-        if config.timeout.is_zero() {
+        let urls = [
+            url(Signal::Traces, "traces_endpoint", &config.traces_endpoint)?,
+            url(
+                Signal::Metrics,
+                "metrics_endpoint",
+                &config.metrics_endpoint,
+            )?,
+            url(Signal::Logs, "logs_endpoint", &config.logs_endpoint)?,
+        ];
+        if urls.iter().all(Option::is_none) {
+            return Err(settings.error(
+                "endpoint",
+                "missing: set endpoint = \"http://host:4318\" or the OTEL_EXPORTER_OTLP_ENDPOINT environment variable",
+            ));
+        }
+        let any_https = urls
+            .iter()
+            .flatten()
+            .any(|u| u.scheme_str() == Some("https"));
+        let tls = match (any_https, &config.tls) {
+            (true, tls) => Some(Tls::new(settings, &tls.clone().unwrap_or_default())?),
+            (false, Some(_)) => {
+                return Err(settings.error(
+                    "tls",
+                    "no endpoint is https://, so nothing uses TLS: write https:// to use these settings",
+                ));
+            }
+            (false, None) => None,
+        };
+        let compression = match config.compression {
+            Some(compression) => compression,
+            None => env
+                .compression(None)
+                .map_err(|m| settings.error("compression", m))?
+                .unwrap_or_else(default_compression),
+        };
+        let timeout = match config.timeout {
+            Some(timeout) => timeout,
+            None => env
+                .timeout(None)
+                .map_err(|m| settings.error("timeout", m))?
+                .unwrap_or_else(default_timeout),
+        };
+        if timeout.is_zero() {
             return Err(settings.error("timeout", "must be greater than zero"));
         }
+        let configured_headers = match config.headers {
+            Some(headers) => headers,
+            None => env
+                .headers(None)
+                .map_err(|m| settings.error("headers", m))?
+                .unwrap_or_default(),
+        };
         let mut headers = HeaderMap::new();
-        for (name, value) in otlp_common::parse_headers(settings, &config.headers)? {
+        for (name, value) in
+            otlp_common::request_headers(settings, &configured_headers, config.auth.as_ref())?
+        {
             headers.append(name, value);
         }
         let content_type = match config.encoding {
@@ -159,7 +274,7 @@ impl OtlpHttpExporter {
             Encoding::Json => "application/json",
         };
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if config.compression == Compression::Gzip {
+        if compression == Compression::Gzip {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         headers
@@ -170,14 +285,13 @@ impl OtlpHttpExporter {
             )));
         Ok(OtlpHttpExporter {
             id: settings.id.clone(),
-            traces_url,
-            metrics_url,
-            logs_url,
+            urls,
             encoding: config.encoding,
-            compression: config.compression,
+            compression,
             compression_level: config.compression_level,
-            timeout: config.timeout,
+            timeout,
             headers,
+            tls,
             client: OnceLock::new(),
         })
     }
@@ -186,40 +300,62 @@ impl OtlpHttpExporter {
         self.client.get_or_init(|| {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .build(connector)
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder.pool_timer(TokioTimer::new());
+            match &self.tls {
+                None => HttpClient::Plain(builder.build(connector)),
+                Some(tls) => {
+                    connector.enforce_http(false);
+                    HttpClient::Tls(builder.build(tls.http1_connector(connector)))
+                }
+            }
         })
     }
 
-    fn url(&self, signal: Signal) -> &Uri {
-        match signal {
-            Signal::Traces => &self.traces_url,
-            Signal::Metrics => &self.metrics_url,
-            Signal::Logs => &self.logs_url,
-        }
+    /// The URL of `signal`, or a permanent error saying none is configured.
+    fn url(&self, signal: Signal) -> Result<&Uri, ExportError> {
+        self.urls[signal_index(signal)].as_ref().ok_or_else(|| {
+            ExportError::permanent(format!(
+                "no URL for {signal}: set endpoint or {signal}_endpoint, or OTEL_EXPORTER_OTLP_{}_ENDPOINT",
+                signal.as_str().to_ascii_uppercase()
+            ))
+        })
     }
 
-    async fn send(&self, signal: Signal, body: Bytes) -> Result<(), ExportError> {
+    /// Posts `body` and reads the answer, up to [`MAX_RESPONSE_BODY`].
+    async fn post(
+        &self,
+        url: &Uri,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), PostError> {
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.url(signal).clone();
+        *request.uri_mut() = url.clone();
         *request.headers_mut() = self.headers.clone();
-        let response = self.client().request(request).await.map_err(|e| {
-            ExportError::retryable(format!(
-                "sending to {}: {}",
-                self.url(signal),
-                error_chain(&e)
-            ))
-        })?;
+        let response = self
+            .client()
+            .request(request)
+            .await
+            .map_err(PostError::Send)?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_RESPONSE_BODY)
             .collect()
             .await
             .map(|collected| collected.to_bytes())
-            .map_err(|e| {
-                ExportError::retryable(format!("reading the answer of {}: {e}", self.url(signal)))
-            })?;
+            .map_err(PostError::Read)?;
+        Ok((parts, body))
+    }
+
+    async fn send(&self, signal: Signal, body: Bytes) -> Result<(), ExportError> {
+        let url = self.url(signal)?;
+        let (parts, body) = self.post(url, body).await.map_err(|e| match e {
+            PostError::Send(e) => {
+                ExportError::retryable(format!("sending to {url}: {}", error_chain(&e)))
+            }
+            PostError::Read(e) => {
+                ExportError::retryable(format!("reading the answer of {url}: {e}"))
+            }
+        })?;
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -276,11 +412,74 @@ fn body(
     }
 }
 
+/// Why a POST got no answer.
+enum PostError {
+    Send(hyper_util::client::legacy::Error),
+    Read(Box<dyn std::error::Error + Send + Sync>),
+}
+
 #[async_trait]
 impl Exporter for OtlpHttpExporter {
     async fn start(&mut self, ctx: &ExporterContext) -> Result<(), StartError> {
         self.id = ctx.id.clone();
+        if let Some(tls) = &self.tls {
+            tls.warn_if_insecure(&self.id);
+        }
         Ok(())
+    }
+
+    async fn check(&self, signal: Signal) -> Result<String, ExportError> {
+        if let Some(tls) = &self.tls {
+            tls.warn_if_insecure(&self.id);
+        }
+        let url = self.url(signal)?;
+        let body = body(
+            Batch::empty(signal),
+            self.encoding,
+            self.compression,
+            self.compression_level,
+        )?;
+        let answer = match tokio::time::timeout(self.timeout, self.post(url, body)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return Err(ExportError::retryable(format!(
+                    "{url}: timed out after {} without an answer",
+                    humantime::format_duration(self.timeout)
+                )));
+            }
+        };
+        let (parts, body) = answer.map_err(|e| {
+            let cause = match &e {
+                PostError::Send(e) => otlp_common::connection_failure(e),
+                PostError::Read(e) => otlp_common::connection_failure(&**e),
+            };
+            ExportError::permanent(format!("{url}: {}", wrong_protocol_hint(cause)))
+        })?;
+        if parts.status.is_success() {
+            return Ok(format!("{url}: reachable, export accepted"));
+        }
+        let format = BodyFormat::of(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
+        let mut detail = format!("HTTP {}", parts.status);
+        let text = error_detail(format, &body);
+        if !text.is_empty() {
+            detail = format!("{detail}: {text}");
+        }
+        let cause = match parts.status.as_u16() {
+            401 => format!("authentication failed ({detail}): check auth and headers"),
+            403 => format!("permission denied ({detail}): check auth and headers"),
+            404 => format!(
+                "wrong path ({detail}): nothing serves {}; OTLP/HTTP backends take /v1/{signal} under their base URL",
+                url.path()
+            ),
+            _ => format!("export refused ({detail})"),
+        };
+        Err(ExportError::permanent(format!("{url}: {cause}")))
     }
 
     async fn export(&self, batch: Batch) -> Result<(), ExportError> {
@@ -295,10 +494,25 @@ impl Exporter for OtlpHttpExporter {
             Ok(result) => result,
             Err(_) => Err(ExportError::retryable(format!(
                 "sending to {} timed out after {}",
-                self.url(signal),
+                self.url(signal)?,
                 humantime::format_duration(self.timeout)
             ))),
         }
+    }
+}
+
+/// An HTTP/1.1 request to an HTTP/2-only (gRPC) port fails to parse or finds the connection
+/// closed: say so.
+fn wrong_protocol_hint(cause: String) -> String {
+    if cause.contains("invalid HTTP version")
+        || cause.contains("connection closed before message completed")
+        || cause.contains("invalid HTTP")
+    {
+        format!(
+            "wrong protocol: the server does not answer HTTP/1.1 (a gRPC-only port such as OTLP/gRPC's 4317? use otlp_grpc for it): {cause}"
+        )
+    } else {
+        cause
     }
 }
 

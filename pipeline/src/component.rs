@@ -147,6 +147,16 @@ pub trait Exporter: Send + Sync {
     /// Sends one batch.
     async fn export(&self, batch: Batch) -> Result<(), ExportError>;
 
+    /// Tests the connection for `sluice check`: sends the smallest valid export of `signal` (an
+    /// empty request) to the backend. Returns what was verified, e.g. `"http://tempo:4317:
+    /// reachable, export accepted"`, or the failure in words a user can act on (DNS, connection
+    /// refused, TLS, authentication, wrong protocol or path), starting with the endpoint.
+    /// Exporters without a remote backend (debug, prometheus) keep this default, which checks
+    /// nothing and says so. Called on a built exporter that was never started.
+    async fn check(&self, _signal: Signal) -> Result<String, ExportError> {
+        Ok("nothing to check (no remote backend)".to_string())
+    }
+
     /// Releases what the exporter holds, after the last `export` has returned.
     async fn shutdown(&self) {}
 }

@@ -342,15 +342,14 @@ async fn connection_refused_is_retryable_and_the_backend_is_found_once_it_is_up(
 }
 
 #[test]
-fn https_endpoint_is_refused_until_tls_is_supported() {
-    let settings = test_data::settings("otlp_grpc", "endpoint = \"https://tempo:4317\"");
-    let error = OtlpGrpcFactory.build(&settings).err().unwrap();
-    assert_eq!(error.path.to_string(), "exporters.test.endpoint");
-    assert!(
-        error.message.contains("TLS is not supported yet"),
-        "{}",
-        error.message
+fn tls_settings_with_an_http_endpoint_are_a_config_error_naming_tls() {
+    let settings = test_data::settings(
+        "otlp_grpc",
+        "endpoint = \"http://tempo:4317\"\ntls = { insecure_skip_verify = true }",
     );
+    let error = OtlpGrpcFactory.build(&settings).err().unwrap();
+    assert_eq!(error.path.to_string(), "exporters.test.tls");
+    assert!(error.message.contains("https://"), "{}", error.message);
 }
 
 #[test]
@@ -376,12 +375,12 @@ fn binary_metadata_name_is_refused() {
 
 #[test]
 fn defaults_are_gzip_and_ten_seconds() {
-    let config: Config = test_data::settings("otlp_grpc", "endpoint = \"http://a:4317\"")
-        .parse()
-        .unwrap();
-    assert_eq!(config.compression, Compression::Gzip);
-    assert_eq!(config.timeout, Duration::from_secs(10));
-    assert!(config.headers.is_empty());
+    let settings = test_data::settings("otlp_grpc", "endpoint = \"http://a:4317\"");
+    let config: Config = settings.parse().unwrap();
+    let exporter = OtlpGrpcExporter::new(&settings, config, &OtlpEnv::default()).unwrap();
+    assert_eq!(exporter.compression, Compression::Gzip);
+    assert_eq!(exporter.timeout, Duration::from_secs(10));
+    assert!(exporter.headers.get(http::header::AUTHORIZATION).is_none());
 }
 
 #[test]

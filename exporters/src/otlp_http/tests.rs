@@ -445,18 +445,24 @@ fn json_partial_success_accepts_the_count_as_string_or_number() {
 }
 
 #[test]
-fn https_endpoint_is_a_config_error_naming_the_key() {
+fn one_https_signal_endpoint_sets_up_tls() {
     let settings = test_data::settings(
         "otlp_http",
         "endpoint = \"http://a:4318\"\nlogs_endpoint = \"https://b/v1/logs\"",
     );
-    let error = OtlpHttpFactory.build(&settings).err().unwrap();
-    assert_eq!(error.path.to_string(), "exporters.test.logs_endpoint");
-    assert!(
-        error.message.contains("TLS is not supported yet"),
-        "{}",
-        error.message
+    let config: Config = settings.parse().unwrap();
+    let exporter = OtlpHttpExporter::new(&settings, config, &OtlpEnv::default()).unwrap();
+    assert!(exporter.tls.is_some());
+}
+
+#[test]
+fn tls_settings_without_an_https_endpoint_are_a_config_error_naming_tls() {
+    let settings = test_data::settings(
+        "otlp_http",
+        "endpoint = \"http://a:4318\"\ntls = { server_name = \"b\" }",
     );
+    let error = OtlpHttpFactory.build(&settings).err().unwrap();
+    assert_eq!(error.path.to_string(), "exporters.test.tls");
 }
 
 #[test]
@@ -471,10 +477,10 @@ fn unknown_key_and_bad_encoding_are_config_errors() {
 
 #[test]
 fn defaults_are_proto_gzip_and_ten_seconds() {
-    let config: Config = test_data::settings("otlp_http", "endpoint = \"http://a\"")
-        .parse()
-        .unwrap();
-    assert_eq!(config.encoding, Encoding::Proto);
-    assert_eq!(config.compression, Compression::Gzip);
-    assert_eq!(config.timeout, Duration::from_secs(10));
+    let settings = test_data::settings("otlp_http", "endpoint = \"http://a\"");
+    let config: Config = settings.parse().unwrap();
+    let exporter = OtlpHttpExporter::new(&settings, config, &OtlpEnv::default()).unwrap();
+    assert_eq!(exporter.encoding, Encoding::Proto);
+    assert_eq!(exporter.compression, Compression::Gzip);
+    assert_eq!(exporter.timeout, Duration::from_secs(10));
 }
