@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::backends::{Backend, Fault, Received};
@@ -304,4 +305,105 @@ exporters = ["primary", "standby"]
         sluice.metric("sluice_exporter_discarded_items_total{exporter=\"standby\",signal=\"traces\"}"),
         10.0
     );
+}
+
+/// A config with one OTLP/HTTP exporter to `url` behind a disk queue in `queue_dir`, and
+/// acknowledgements on.
+fn disk_queue_config(admin: SocketAddr, grpc: SocketAddr, url: &str, queue_dir: &Path) -> String {
+    format!(
+        r#"
+[service]
+admin = "{admin}"
+[receivers.otlp]
+grpc = "{grpc}"
+[exporters.durable]
+type = "otlp_http"
+endpoint = "{url}"
+queue = {{ type = "disk", directory = "{dir}", max_items = 1000000 }}
+retry = {{ initial_interval = "200ms", max_interval = "1s", max_elapsed_time = "0s" }}
+[pipelines.traces]
+receivers = ["otlp"]
+exporters = ["durable"]
+acknowledgements = true
+"#,
+        dir = queue_dir.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_spans_survive_sigkill_in_the_disk_queue() {
+    const SPANS: u64 = 50_000;
+    let backend = Backend::http().await;
+    backend.faults.set(Fault::unavailable());
+    let queue_dir = tempfile::tempdir().unwrap();
+    let (admin, grpc) = (local(free_port()), local(free_port()));
+    let config = disk_queue_config(admin, grpc, &backend.url(), queue_dir.path());
+
+    let mut first = Sluice::start(&config, admin, &[grpc]);
+    // Every export call returns only once its spans are on disk.
+    send(grpc, 0, SPANS, 500).await;
+    first.kill();
+    assert_eq!(backend.recorder.snapshot().span_count(), 0);
+
+    backend.faults.clear();
+    let (admin, grpc) = (local(free_port()), local(free_port()));
+    let config = disk_queue_config(admin, grpc, &backend.url(), queue_dir.path());
+    let second = Sluice::start(&config, admin, &[grpc]);
+    let received = backend
+        .recorder
+        .wait_until("every acknowledged span after the restart", |r| {
+            distinct_and_total(r).0.len() as u64 == SPANS
+        })
+        .await;
+    let (distinct, total) = distinct_and_total(&received);
+    assert_eq!(distinct.len() as u64, SPANS);
+    println!("duplicates after the crash: {}", total - distinct.len());
+    assert!(second.stderr.text().contains("disk queue opened"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_disk_queue_starts_cleanly_and_delivers_every_intact_record() {
+    const REQUESTS: u64 = 40;
+    const PER_REQUEST: u64 = 50;
+    let backend = Backend::http().await;
+    backend.faults.set(Fault::unavailable());
+    let queue_dir = tempfile::tempdir().unwrap();
+    let (admin, grpc) = (local(free_port()), local(free_port()));
+    let config = disk_queue_config(admin, grpc, &backend.url(), queue_dir.path());
+    let mut first = Sluice::start(&config, admin, &[grpc]);
+    send(grpc, 0, REQUESTS * PER_REQUEST, PER_REQUEST).await;
+    first.terminate();
+
+    // Damage the queue: flip a byte in the middle of the segment (one byte lies in one record,
+    // so exactly one record is damaged) and cut the last record short.
+    let exporter_dir = queue_dir.path().join("durable");
+    let segment = std::fs::read_dir(&exporter_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    backend.faults.clear();
+    let (admin, grpc) = (local(free_port()), local(free_port()));
+    let config = disk_queue_config(admin, grpc, &backend.url(), queue_dir.path());
+    let second = Sluice::start(&config, admin, &[grpc]);
+    // Two records are damaged (one flipped, one cut short); every other one arrives.
+    let intact = (REQUESTS - 2) * PER_REQUEST;
+    let received = backend
+        .recorder
+        .wait_until("every intact record", |r| {
+            distinct_and_total(r).0.len() as u64 >= intact
+        })
+        .await;
+    assert_eq!(distinct_and_total(&received).0.len() as u64, intact);
+    wait_for("the skipped records to be counted", || {
+        second.metric("sluice_exporter_disk_queue_skipped_records_total{exporter=\"durable\"}")
+            == 2.0
+    });
+    assert!(second.stderr.text().contains("damaged records"));
 }

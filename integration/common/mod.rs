@@ -66,6 +66,16 @@ impl Sluice {
     /// Starts `sluice run` with `config`, whose `[service] admin` must be `admin`, and waits
     /// until the admin server and every address in `listening` accept connections.
     pub fn start(config: &str, admin: SocketAddr, listening: &[SocketAddr]) -> Sluice {
+        Sluice::start_with_env(config, admin, listening, &[])
+    }
+
+    /// [`Sluice::start`] with extra environment variables set for the process.
+    pub fn start_with_env(
+        config: &str,
+        admin: SocketAddr,
+        listening: &[SocketAddr],
+        env: &[(&str, &str)],
+    ) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sluice.toml");
         std::fs::write(&file, config).unwrap();
@@ -73,6 +83,7 @@ impl Sluice {
             .args(["run", "--config"])
             .arg(&file)
             .env("SLUICE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -118,9 +129,32 @@ impl Sluice {
         metric_value(&self.metrics(), series)
     }
 
+    /// The process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident memory in bytes, from `VmRSS` in `/proc/PID/status` (Linux).
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the process is running and /proc is mounted");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("/proc/PID/status has a VmRSS line in kB");
+        kib * 1024
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process with SIGKILL, as a crash or the OOM killer would, and waits for it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the process to exit.

@@ -61,6 +61,43 @@ pub struct Plan {
     pub warnings: Vec<ConfigWarning>,
 }
 
+/// An exporter of a plan, as `sluice check` tests it.
+pub struct CheckedExporter<'a> {
+    pub id: &'a str,
+    pub type_name: &'a str,
+    pub exporter: &'a dyn Exporter,
+    /// `false` for `enabled = false`: configured but sending nothing.
+    pub enabled: bool,
+    /// The signals of the pipelines that use it, in pipeline order.
+    pub signals: Vec<Signal>,
+}
+
+impl Plan {
+    /// Every exporter the plan built, in config order, with the signals it is used for.
+    pub fn exporters(&self) -> Vec<CheckedExporter<'_>> {
+        self.exporters
+            .iter()
+            .map(|planned| {
+                let mut signals = Vec::new();
+                for pipeline in &self.pipelines {
+                    if pipeline.exporters.contains(&planned.id)
+                        && !signals.contains(&pipeline.signal)
+                    {
+                        signals.push(pipeline.signal);
+                    }
+                }
+                CheckedExporter {
+                    id: &planned.id,
+                    type_name: &planned.type_name,
+                    exporter: &*planned.exporter,
+                    enabled: planned.core.enabled,
+                    signals,
+                }
+            })
+            .collect()
+    }
+}
+
 /// The keys the core reads from every exporter's table before the exporter sees it.
 const EXPORTER_CORE_KEYS: [&str; 3] = ["queue", "retry", "enabled"];
 
@@ -234,6 +271,20 @@ fn check_references(
     let mut used = BTreeSet::new();
     for pipeline in config.pipelines.values() {
         let path = KeyPath::of(&["pipelines", &pipeline.name]);
+        // Checked here rather than when the file is read: the binary first gives pipelines
+        // without exporters one from OTEL_EXPORTER_OTLP_* when the environment sets it.
+        if pipeline.receivers.is_empty() {
+            errors.push(ConfigError::new(
+                path.key("receivers"),
+                "a pipeline needs at least one receiver",
+            ));
+        }
+        if pipeline.exporters.is_empty() {
+            errors.push(ConfigError::new(
+                path.key("exporters"),
+                "a pipeline needs at least one exporter (or set OTEL_EXPORTER_OTLP_ENDPOINT to send to an OTLP endpoint)",
+            ));
+        }
         let lists = [
             (ComponentKind::Receiver, "receivers", &pipeline.receivers),
             (ComponentKind::Processor, "processors", &pipeline.processors),
@@ -325,14 +376,29 @@ fn split_exporter_core_keys(
 }
 
 fn check_queue(settings: &ComponentSettings, queue: &QueueSettings) -> Result<(), ConfigError> {
-    if queue.queue_type != "memory" {
-        return Err(settings.error(
-            "queue",
-            format!(
-                "unknown queue type {:?}; expected \"memory\"",
-                queue.queue_type
-            ),
-        ));
+    match queue.queue_type.as_str() {
+        "memory" => {}
+        "disk" => {
+            let Some(disk) = queue.disk(&settings.id) else {
+                return Err(ConfigError::new(
+                    settings.path().key("queue").key("directory"),
+                    "a disk queue needs a directory",
+                ));
+            };
+            if let Some(error) = disk
+                .validate(&settings.path().key("queue"))
+                .into_iter()
+                .next()
+            {
+                return Err(error);
+            }
+        }
+        other => {
+            return Err(ConfigError::new(
+                settings.path().key("queue").key("type"),
+                format!("unknown queue type {other:?}; expected \"memory\" or \"disk\""),
+            ));
+        }
     }
     if queue.max_items == 0 {
         return Err(ConfigError::new(
@@ -410,13 +476,14 @@ impl Service {
                 telemetry: telemetry.clone(),
             };
             exporter.start(&ctx).await?;
-            let queue = QueuedExporter::start(
+            let queue = QueuedExporter::open(
                 &planned.id,
                 &planned.type_name,
                 Arc::from(exporter),
                 planned.core,
                 telemetry,
-            );
+            )
+            .await?;
             queues.insert(planned.id.clone(), Arc::clone(&queue));
             self.exporters.push((planned.id, queue));
         }
@@ -733,6 +800,28 @@ type = "metrics_only"
         assert_eq!(
             plan_errors(&text),
             vec!["pipes.toml:9: exporters.prom.queue.max_items: must be at least 1"]
+        );
+    }
+
+    #[test]
+    fn a_disk_queue_needs_a_directory_and_sane_settings() {
+        let pipeline = "\n[pipelines.metrics]\nreceivers = [\"in\"]\nexporters = [\"prom\"]\n";
+        let text = format!("{BASE}queue = {{ type = \"disk\" }}\n{pipeline}");
+        assert_eq!(
+            plan_errors(&text),
+            vec!["pipes.toml:9: exporters.prom.queue.directory: a disk queue needs a directory"]
+        );
+        let text = format!(
+            "{BASE}queue = {{ type = \"disk\", directory = \"/tmp/q\", fsync_interval = \"0s\" }}\n{pipeline}"
+        );
+        assert_eq!(
+            plan_errors(&text),
+            vec!["pipes.toml:9: exporters.prom.queue.fsync_interval: must be longer than zero"]
+        );
+        let text = format!("{BASE}retry = {{ multiplier = 0.5 }}\n{pipeline}");
+        assert_eq!(
+            plan_errors(&text),
+            vec!["pipes.toml:9: exporters.prom.retry.multiplier: 0.5 must be at least 1"]
         );
     }
 

@@ -5,6 +5,7 @@
 //! (spans, data points, log records), the unit users size backends in.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +18,8 @@ use tokio::task::JoinSet;
 use crate::ack::Acks;
 use crate::batch::Batch;
 use crate::component::{Consumer, Exporter};
-use crate::error::{ConsumeError, ExportError};
+use crate::disk_queue::{self, DiskQueue, DiskQueueSettings, FsyncPolicy};
+use crate::error::{ConsumeError, ExportError, StartError};
 use crate::retry::RetrySettings;
 use crate::signal::Signal;
 use crate::status::ExporterStatus;
@@ -46,9 +48,30 @@ pub struct QueueSettings {
     /// What happens to a batch that does not fit: `drop_newest` or `block`.
     #[serde(default = "default_when_full")]
     pub when_full: WhenFull,
-    /// The queue's kind; only `memory` for now.
+    /// `memory`, or `disk`: a write-ahead queue that keeps the data through restarts and
+    /// crashes and lets it go only once the backend accepted it.
     #[serde(default = "default_queue_type", rename = "type")]
     pub queue_type: String,
+    /// Disk queues only: the directory for queue files; each exporter uses a subdirectory
+    /// named after it.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// Disk queues only: the most bytes the queue's files may take.
+    #[serde(default = "disk_queue::default_max_bytes")]
+    pub max_bytes: u64,
+    /// Disk queues only: `always` (a batch is on stable storage before it is acknowledged)
+    /// or `interval`.
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// Disk queues only: how often data is forced to stable storage with `fsync = "interval"`.
+    #[serde(
+        default = "disk_queue::default_fsync_interval",
+        with = "crate::config::duration"
+    )]
+    pub fsync_interval: Duration,
+    /// Disk queues only: the size of each segment file.
+    #[serde(default = "disk_queue::default_segment_bytes")]
+    pub segment_bytes: u64,
 }
 
 fn default_max_items() -> usize {
@@ -74,6 +97,11 @@ impl Default for QueueSettings {
             consumers: default_consumers(),
             when_full: default_when_full(),
             queue_type: default_queue_type(),
+            directory: None,
+            max_bytes: disk_queue::default_max_bytes(),
+            fsync: FsyncPolicy::default(),
+            fsync_interval: disk_queue::default_fsync_interval(),
+            segment_bytes: disk_queue::default_segment_bytes(),
         }
     }
 }
@@ -87,6 +115,20 @@ pub struct ExporterCore {
     /// `enabled = false` keeps the exporter configured (and checked) but sends nothing: what
     /// reaches it is counted as discarded.
     pub enabled: bool,
+}
+
+impl QueueSettings {
+    /// The disk queue settings of exporter `id`, when the queue is on disk.
+    pub fn disk(&self, id: &str) -> Option<DiskQueueSettings> {
+        let directory = self.directory.as_ref()?;
+        (self.queue_type == "disk").then(|| DiskQueueSettings {
+            directory: directory.join(id),
+            max_bytes: self.max_bytes,
+            fsync: self.fsync,
+            fsync_interval: self.fsync_interval,
+            segment_bytes: self.segment_bytes,
+        })
+    }
 }
 
 impl Default for ExporterCore {
@@ -125,6 +167,8 @@ pub struct QueuedExporter {
     drop_log: RateLimitedLog,
     failure_log: RateLimitedLog,
     workers: Mutex<JoinSet<()>>,
+    /// The write-ahead queue on disk, when `type = "disk"`; the memory queue is unused then.
+    disk: Option<DiskQueue>,
 }
 
 fn counters_index(signal: Signal) -> usize {
@@ -136,13 +180,42 @@ fn counters_index(signal: Signal) -> usize {
 }
 
 impl QueuedExporter {
-    /// Puts `exporter` (of type `type_name`) behind a queue and starts its workers.
+    /// Puts `exporter` (of type `type_name`) behind its configured queue and starts its
+    /// workers. A disk queue is opened first, recovering what an earlier run left in it.
+    pub async fn open(
+        id: &str,
+        type_name: &str,
+        exporter: Arc<dyn Exporter>,
+        core: ExporterCore,
+        telemetry: &Telemetry,
+    ) -> Result<Arc<QueuedExporter>, StartError> {
+        let disk = match core.queue.disk(id) {
+            Some(settings) => Some(open_disk_queue(id, settings, telemetry).await?),
+            None => None,
+        };
+        Ok(Self::start_with(
+            id, type_name, exporter, core, telemetry, disk,
+        ))
+    }
+
+    /// Puts `exporter` (of type `type_name`) behind a memory queue and starts its workers.
     pub fn start(
         id: &str,
         type_name: &str,
         exporter: Arc<dyn Exporter>,
         core: ExporterCore,
         telemetry: &Telemetry,
+    ) -> Arc<QueuedExporter> {
+        Self::start_with(id, type_name, exporter, core, telemetry, None)
+    }
+
+    fn start_with(
+        id: &str,
+        type_name: &str,
+        exporter: Arc<dyn Exporter>,
+        core: ExporterCore,
+        telemetry: &Telemetry,
+        disk: Option<DiskQueue>,
     ) -> Arc<QueuedExporter> {
         let ExporterCore {
             queue: settings,
@@ -185,10 +258,15 @@ impl QueuedExporter {
             status: telemetry.exporter_status(id, type_name, enabled),
             discarded: Signal::ALL.map(|s| discarded.with_label_values(&[id, s.as_str()])),
             retried: Signal::ALL.map(|s| retried.with_label_values(&[id, s.as_str()])),
+            disk,
         });
+        queue.publish_disk_size();
         let mut workers = JoinSet::new();
         for _ in 0..queue.settings.consumers.max(1) {
-            workers.spawn(Arc::clone(&queue).work());
+            match &queue.disk {
+                Some(disk) => workers.spawn(Arc::clone(&queue).work_from_disk(disk.clone())),
+                None => workers.spawn(Arc::clone(&queue).work()),
+            };
         }
         *queue.lock_workers() = workers;
         queue
@@ -242,7 +320,48 @@ impl QueuedExporter {
         }
     }
 
-    async fn send(&self, mut batch: Batch) {
+    async fn send(&self, batch: Batch) {
+        let signal = batch.signal();
+        let items = batch.item_count();
+        self.deliver(batch).await;
+        self.lock_state().in_flight[counters_index(signal)] -= items;
+    }
+
+    /// Takes records from the disk queue, sends them, and lets them go from the disk once the
+    /// backend accepted them or refused them for good. A record being sent when the process
+    /// stops stays on disk and is sent again at the next start.
+    async fn work_from_disk(self: Arc<Self>, disk: DiskQueue) {
+        while let Some(record) = disk.pop().await {
+            match decode_record(&record.payload) {
+                Ok(batch) => self.deliver(batch).await,
+                Err(error) => {
+                    // Checksummed on disk, so this is a record an incompatible version wrote.
+                    tracing::error!(
+                        exporter = %self.id, record = %record.id, items = record.items, %error,
+                        "a disk queue record is not a valid batch; it is dropped"
+                    );
+                    self.counters(Signal::Traces)
+                        .send_failed
+                        .inc_by(u64::from(record.items));
+                }
+            }
+            if let Err(error) = disk.ack(record.id) {
+                tracing::error!(exporter = %self.id, %error, "cannot mark a record delivered");
+            }
+            self.publish_disk_size();
+        }
+    }
+
+    fn publish_disk_size(&self) {
+        if let Some(disk) = &self.disk {
+            self.gauges
+                .size
+                .set(i64::try_from(disk.stats().items).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sends `batch` with retries, counts the outcome and settles its acknowledgements.
+    async fn deliver(&self, mut batch: Batch) {
         let signal = batch.signal();
         let items = batch.item_count();
         // Failed if this future is dropped before the backend has the data (shutdown aborts
@@ -252,7 +371,6 @@ impl QueuedExporter {
             format!("exporter {} stopped before sending the data", self.id),
         );
         let outcome = self.send_with_retries(batch).await;
-        self.lock_state().in_flight[counters_index(signal)] -= items;
         let items = items as u64;
         match outcome {
             Ok(()) => {
@@ -344,6 +462,10 @@ impl QueuedExporter {
     pub async fn shutdown(&self, deadline: Instant) {
         self.lock_state().closed = true;
         self.not_empty.notify_waiters();
+        if let Some(disk) = &self.disk {
+            self.shutdown_disk(disk, deadline).await;
+            return;
+        }
         let mut workers = std::mem::take(&mut *self.lock_workers());
         let drained = tokio::time::timeout_at(deadline.into(), async {
             while workers.join_next().await.is_some() {}
@@ -386,6 +508,145 @@ impl QueuedExporter {
     }
 }
 
+impl QueuedExporter {
+    /// Stops a disk-queued exporter: new batches are refused, the workers send what they can
+    /// until `deadline`, and whatever is left stays on disk for the next start. Nothing is
+    /// discarded, whatever the backend's state.
+    async fn shutdown_disk(&self, disk: &DiskQueue, deadline: Instant) {
+        let closing = disk.clone();
+        // Close: no more pushes, and workers stop once the queue has nothing left to hand out.
+        let closed = tokio::task::spawn_blocking(move || closing.close()).await;
+        if let Ok(Err(error)) = closed {
+            tracing::error!(exporter = %self.id, %error, "closing the disk queue failed");
+        }
+        let mut workers = std::mem::take(&mut *self.lock_workers());
+        let drained = tokio::time::timeout_at(deadline.into(), async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            // Records being sent were not acknowledged: they are sent again at the next start.
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+        }
+        let flushing = disk.clone();
+        let flushed = tokio::task::spawn_blocking(move || flushing.flush()).await;
+        if let Ok(Err(error)) = flushed {
+            tracing::error!(exporter = %self.id, %error, "flushing the disk queue failed");
+        }
+        let left = disk.stats();
+        if left.records > 0 {
+            tracing::info!(
+                exporter = %self.id, items = left.items, records = left.records,
+                bytes = left.bytes,
+                "data not yet sent stays in the disk queue for the next start"
+            );
+        }
+        self.exporter.shutdown().await;
+    }
+
+    /// Writes `batch` to the disk queue. Once it is written its acknowledgements are
+    /// released: the data is safe from here on.
+    async fn consume_to_disk(&self, disk: &DiskQueue, batch: Batch) -> Result<(), ConsumeError> {
+        let items = batch.item_count();
+        let signal = batch.signal();
+        if self.lock_state().closed {
+            return Err(ConsumeError::ShuttingDown);
+        }
+        let pending = disk.stats().items;
+        let refusal = if pending > 0 && pending + items as u64 > self.settings.max_items as u64 {
+            format!(
+                "exporter {} disk queue holds {pending} items, max_items is {}",
+                self.id, self.settings.max_items
+            )
+        } else {
+            let record = encode_record(&batch);
+            match disk.push_async(record, items as u32).await {
+                Ok(_) => {
+                    self.publish_disk_size();
+                    return Ok(());
+                }
+                Err(error) => format!("exporter {}: {error}", self.id),
+            }
+        };
+        match self.settings.when_full {
+            WhenFull::Block => Err(ConsumeError::Backpressure(refusal)),
+            WhenFull::DropNewest => {
+                let mut batch = batch;
+                batch.take_acks().fail_now(&refusal);
+                self.counters(signal).enqueue_failed.inc_by(items as u64);
+                if let Some(suppressed) = self.drop_log.should_log() {
+                    tracing::error!(
+                        exporter = %self.id, %signal, items, suppressed_since_last = suppressed,
+                        "{refusal}: dropping the batch"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Opens exporter `id`'s disk queue and reports what it recovered.
+async fn open_disk_queue(
+    id: &str,
+    settings: DiskQueueSettings,
+    telemetry: &Telemetry,
+) -> Result<DiskQueue, StartError> {
+    let name = id.to_string();
+    let directory = settings.directory.clone();
+    let opened = tokio::task::spawn_blocking(move || DiskQueue::open(&name, settings))
+        .await
+        .map_err(|e| StartError {
+            component: format!("exporter {id}"),
+            message: format!("opening the disk queue failed: {e}"),
+        })?;
+    let (disk, report) = opened.map_err(|e| StartError {
+        component: format!("exporter {id}"),
+        message: e.to_string(),
+    })?;
+    telemetry
+        .counter_vec(
+            "sluice_exporter_disk_queue_skipped_records_total",
+            "Damaged or cut-off disk queue records skipped when the queue was opened.",
+            &["exporter"],
+        )
+        .with_label_values(&[id])
+        .inc_by(report.skipped);
+    if report.skipped > 0 {
+        tracing::warn!(
+            exporter = %id, directory = %directory.display(), skipped = report.skipped,
+            skipped_bytes = report.skipped_bytes,
+            "damaged records in the disk queue were skipped; every intact record is kept"
+        );
+    }
+    tracing::info!(
+        exporter = %id, directory = %directory.display(), items = report.items,
+        records = report.records, redelivered = report.redelivered,
+        "disk queue opened"
+    );
+    Ok(disk)
+}
+
+/// A disk queue record: the signal's tag, then the batch's protobuf encoding.
+fn encode_record(batch: &Batch) -> bytes::Bytes {
+    let mut record = Vec::with_capacity(1 + batch.encoded_len());
+    record.push(counters_index(batch.signal()) as u8);
+    batch.write_encoded(&mut record);
+    bytes::Bytes::from(record)
+}
+
+/// The batch in a disk queue record written by [`encode_record`].
+fn decode_record(record: &bytes::Bytes) -> Result<Batch, String> {
+    let signal = match record.first() {
+        Some(0) => Signal::Traces,
+        Some(1) => Signal::Metrics,
+        Some(2) => Signal::Logs,
+        other => return Err(format!("unknown signal tag {other:?}")),
+    };
+    Batch::from_encoded(signal, record.slice(1..)).map_err(|e| e.to_string())
+}
+
 #[async_trait]
 impl Consumer for QueuedExporter {
     async fn consume(&self, batch: Batch) -> Result<(), ConsumeError> {
@@ -397,6 +658,9 @@ impl Consumer for QueuedExporter {
         if !self.enabled.load(Ordering::Relaxed) {
             self.discarded[counters_index(signal)].inc_by(items as u64);
             return Ok(());
+        }
+        if let Some(disk) = &self.disk {
+            return self.consume_to_disk(disk, batch).await;
         }
         {
             let mut state = self.lock_state();
