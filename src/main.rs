@@ -8,7 +8,8 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use sluice_pipeline::admin::{AdminServer, ServiceInfo};
 use sluice_pipeline::config::{self, Config, ConfigErrors};
-use sluice_pipeline::graph::{self, Plan, Service};
+use sluice_pipeline::graph::{self, Plan};
+use sluice_pipeline::service::Service;
 use sluice_pipeline::{Registry, Telemetry};
 
 /// The configuration `sluice run` uses when no file is given.

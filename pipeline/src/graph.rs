@@ -1,27 +1,15 @@
-//! The pipeline graph: checking a config against the registry, starting it, stopping it.
+//! The pipeline graph: checking a config against the registry.
 //!
 //! [`plan`] builds every component from its table and checks the references between them,
 //! starting nothing: it is what `sluice validate` runs, and it reports every error it finds.
-//! [`Service::start`] brings a plan to life back to front (exporters, then processors, then
-//! receivers) so that nothing receives data before its downstream exists, and
-//! [`Service::shutdown`] stops it front to back so that everything accepted is flushed.
+//! [`crate::service::Service`] runs a plan.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::BTreeSet;
 
-use crate::ack::{AckToken, Acks};
-use crate::batch::Batch;
-use crate::component::{
-    Consumer, Exporter, ExporterContext, Processor, ProcessorContext, Receiver, ReceiverContext,
-    Registry, Running, RunningProcessor, SignalConsumers,
-};
+use crate::component::{Exporter, Processor, Receiver, Registry};
 use crate::config::{ComponentKind, ComponentSettings, Config, ConfigError, KeyPath, parse_value};
-use crate::error::ConsumeError;
-use crate::error::StartError;
-use crate::queue::{ExporterCore, Fanout, QueueSettings, QueuedExporter};
+use crate::queue::{ExporterCore, QueueSettings};
 use crate::signal::Signal;
-use crate::telemetry::Telemetry;
 
 /// A warning about a config that is valid but probably not what was meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,33 +18,42 @@ pub struct ConfigWarning {
     pub message: String,
 }
 
-struct PlannedExporter {
-    id: String,
-    type_name: String,
-    exporter: Box<dyn Exporter>,
-    core: ExporterCore,
+pub(crate) struct PlannedExporter {
+    pub(crate) id: String,
+    pub(crate) type_name: String,
+    /// Its table as configured, core keys included: a reload compares it with the running one.
+    pub(crate) settings: ComponentSettings,
+    pub(crate) exporter: Box<dyn Exporter>,
+    pub(crate) core: ExporterCore,
 }
 
-struct PlannedPipeline {
-    name: String,
-    signal: Signal,
-    acknowledgements: bool,
-    processors: Vec<(String, Box<dyn Processor>)>,
-    exporters: Vec<String>,
+pub(crate) struct PlannedProcessor {
+    pub(crate) id: String,
+    pub(crate) settings: ComponentSettings,
+    pub(crate) processor: Box<dyn Processor>,
 }
 
-struct PlannedReceiver {
-    id: String,
-    receiver: Box<dyn Receiver>,
+pub(crate) struct PlannedPipeline {
+    pub(crate) name: String,
+    pub(crate) signal: Signal,
+    pub(crate) acknowledgements: bool,
+    pub(crate) processors: Vec<PlannedProcessor>,
+    pub(crate) exporters: Vec<String>,
+}
+
+pub(crate) struct PlannedReceiver {
+    pub(crate) id: String,
+    pub(crate) settings: ComponentSettings,
+    pub(crate) receiver: Box<dyn Receiver>,
     /// The pipelines it feeds.
-    pipelines: Vec<String>,
+    pub(crate) pipelines: Vec<String>,
 }
 
 /// A checked configuration: every component built, every reference resolved.
 pub struct Plan {
-    exporters: Vec<PlannedExporter>,
-    pipelines: Vec<PlannedPipeline>,
-    receivers: Vec<PlannedReceiver>,
+    pub(crate) exporters: Vec<PlannedExporter>,
+    pub(crate) pipelines: Vec<PlannedPipeline>,
+    pub(crate) receivers: Vec<PlannedReceiver>,
     /// Valid but suspicious parts of the config, such as components no pipeline uses.
     pub warnings: Vec<ConfigWarning>,
 }
@@ -99,7 +96,7 @@ impl Plan {
 }
 
 /// The keys the core reads from every exporter's table before the exporter sees it.
-const EXPORTER_CORE_KEYS: [&str; 3] = ["queue", "retry", "enabled"];
+pub(crate) const EXPORTER_CORE_KEYS: [&str; 3] = ["queue", "retry", "enabled"];
 
 /// Builds every component `config` uses and checks how they are wired, collecting every error.
 pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigError>> {
@@ -127,14 +124,14 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
     }
 
     let mut exporters = Vec::new();
-    for (id, settings) in &config.exporters {
+    for (id, configured) in &config.exporters {
         if !used.contains(&(ComponentKind::Exporter, id.clone())) {
             continue;
         }
-        let Some(factory) = registry.exporter(&settings.type_name) else {
+        let Some(factory) = registry.exporter(&configured.type_name) else {
             continue;
         };
-        let (core, settings) = match split_exporter_core_keys(settings) {
+        let (core, settings) = match split_exporter_core_keys(configured) {
             Ok(split) => split,
             Err(e) => {
                 errors.push(e);
@@ -145,6 +142,7 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
             Ok(exporter) => exporters.push(PlannedExporter {
                 id: id.clone(),
                 type_name: settings.type_name.clone(),
+                settings: configured.clone(),
                 exporter,
                 core,
             }),
@@ -163,7 +161,11 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
                 continue;
             };
             match factory.build(settings) {
-                Ok(processor) => processors.push((id.clone(), processor)),
+                Ok(processor) => processors.push(PlannedProcessor {
+                    id: id.clone(),
+                    settings: settings.clone(),
+                    processor,
+                }),
                 // A processor used by several pipelines would report the same error each time.
                 Err(e) if errors.contains(&e) => {}
                 Err(e) => errors.push(e),
@@ -196,6 +198,7 @@ pub fn plan(config: &Config, registry: &Registry) -> Result<Plan, Vec<ConfigErro
                     .collect();
                 receivers.push(PlannedReceiver {
                     id: id.clone(),
+                    settings: settings.clone(),
                     receiver,
                     pipelines: feeds,
                 });
@@ -415,157 +418,6 @@ fn check_queue(settings: &ComponentSettings, queue: &QueueSettings) -> Result<()
     Ok(())
 }
 
-struct RunningPipeline {
-    name: String,
-    processors: Vec<Arc<dyn RunningProcessor>>,
-}
-
-/// The head of a pipeline with `acknowledgements = true`: takes a batch only once every
-/// exporter has sent it or written it to its disk queue (see [`crate::ack`]).
-struct Acknowledging {
-    next: Arc<dyn Consumer>,
-}
-
-#[async_trait::async_trait]
-impl Consumer for Acknowledging {
-    async fn consume(&self, mut batch: Batch) -> Result<(), ConsumeError> {
-        let (token, waiter) = AckToken::new();
-        let mut acks = Acks::default();
-        acks.push(token);
-        batch.add_acks(acks);
-        self.next.consume(batch).await?;
-        // Retryable: the client sends again, and at-least-once delivery may mean a duplicate,
-        // never a loss.
-        waiter.outcome().await.map_err(ConsumeError::Backpressure)
-    }
-}
-
-/// A running pipeline graph.
-pub struct Service {
-    receivers: Vec<(String, Box<dyn Running>)>,
-    pipelines: Vec<RunningPipeline>,
-    exporters: Vec<(String, Arc<QueuedExporter>)>,
-}
-
-impl Service {
-    /// Starts every component of `plan`, back to front. On a start failure, what was already
-    /// started is stopped again before the error is returned.
-    pub async fn start(plan: Plan, telemetry: &Telemetry) -> Result<Service, StartError> {
-        let mut service = Service {
-            receivers: Vec::new(),
-            pipelines: Vec::new(),
-            exporters: Vec::new(),
-        };
-        match service.start_all(plan, telemetry).await {
-            Ok(()) => Ok(service),
-            Err(error) => {
-                service
-                    .shutdown(Instant::now() + std::time::Duration::from_secs(5))
-                    .await;
-                Err(error)
-            }
-        }
-    }
-
-    async fn start_all(&mut self, plan: Plan, telemetry: &Telemetry) -> Result<(), StartError> {
-        let mut queues: BTreeMap<String, Arc<QueuedExporter>> = BTreeMap::new();
-        for planned in plan.exporters {
-            let mut exporter = planned.exporter;
-            let ctx = ExporterContext {
-                id: planned.id.clone(),
-                telemetry: telemetry.clone(),
-            };
-            exporter.start(&ctx).await?;
-            let queue = QueuedExporter::open(
-                &planned.id,
-                &planned.type_name,
-                Arc::from(exporter),
-                planned.core,
-                telemetry,
-            )
-            .await?;
-            queues.insert(planned.id.clone(), Arc::clone(&queue));
-            self.exporters.push((planned.id, queue));
-        }
-
-        let mut heads: BTreeMap<String, (Signal, Arc<dyn Consumer>)> = BTreeMap::new();
-        for pipeline in plan.pipelines {
-            let outputs = pipeline
-                .exporters
-                .iter()
-                .filter_map(|id| queues.get(id))
-                .map(|queue| Arc::clone(queue) as Arc<dyn Consumer>)
-                .collect();
-            let mut next = Fanout::over(outputs);
-            let mut processors = Vec::new();
-            for (id, processor) in pipeline.processors.into_iter().rev() {
-                let ctx = ProcessorContext {
-                    id,
-                    pipeline: pipeline.name.clone(),
-                    signal: pipeline.signal,
-                    next,
-                    telemetry: telemetry.clone(),
-                };
-                let running = processor.start(ctx).await?;
-                next = Arc::clone(&running) as Arc<dyn Consumer>;
-                processors.push(running);
-            }
-            processors.reverse();
-            if pipeline.acknowledgements {
-                next = Arc::new(Acknowledging { next });
-            }
-            heads.insert(pipeline.name.clone(), (pipeline.signal, next));
-            self.pipelines.push(RunningPipeline {
-                name: pipeline.name,
-                processors,
-            });
-        }
-
-        for planned in plan.receivers {
-            let mut consumers = SignalConsumers::default();
-            for signal in Signal::ALL {
-                let feeds: Vec<Arc<dyn Consumer>> = planned
-                    .pipelines
-                    .iter()
-                    .filter_map(|name| heads.get(name))
-                    .filter(|(s, _)| *s == signal)
-                    .map(|(_, head)| Arc::clone(head))
-                    .collect();
-                if !feeds.is_empty() {
-                    consumers.set(signal, Fanout::over(feeds));
-                }
-            }
-            let ctx = ReceiverContext {
-                id: planned.id.clone(),
-                consumers,
-                telemetry: telemetry.clone(),
-            };
-            let running = planned.receiver.start(ctx).await?;
-            self.receivers.push((planned.id, running));
-        }
-        Ok(())
-    }
-
-    /// Stops the graph front to back: receivers stop accepting, processors flush, exporter
-    /// queues drain until `deadline`; what could not be sent by then is counted and logged.
-    pub async fn shutdown(self, deadline: Instant) {
-        for (id, receiver) in &self.receivers {
-            tracing::debug!(receiver = %id, "stopping");
-            receiver.shutdown().await;
-        }
-        for pipeline in &self.pipelines {
-            for processor in &pipeline.processors {
-                tracing::debug!(pipeline = %pipeline.name, "flushing processor");
-                processor.shutdown().await;
-            }
-        }
-        for (id, queue) in &self.exporters {
-            tracing::debug!(exporter = %id, "draining");
-            queue.shutdown(deadline).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -573,11 +425,17 @@ mod tests {
     use async_trait::async_trait;
     use serde::Deserialize;
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::batch::Batch;
-    use crate::component::{ExporterFactory, ProcessorFactory, ReceiverFactory};
+    use crate::component::{
+        ExporterFactory, ProcessorContext, ProcessorFactory, ReceiverContext, ReceiverFactory,
+        Running, RunningProcessor,
+    };
     use crate::config::load_str;
     use crate::error::ExportError;
+    use crate::error::StartError;
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -882,95 +740,5 @@ type = "metrics_only"
                 "pipes.toml:10: gatway: unknown section; expected one of: service, receivers, processors, exporters, pipelines, portal"
             ]
         );
-    }
-
-    /// An exporter that waits for a permit per batch, then answers `outcome`.
-    struct GatedExporter {
-        gate: Arc<tokio::sync::Semaphore>,
-        outcome: Result<(), ExportError>,
-    }
-    #[async_trait]
-    impl Exporter for GatedExporter {
-        async fn export(&self, _: Batch) -> Result<(), ExportError> {
-            let _permit = self.gate.acquire().await;
-            self.outcome.clone()
-        }
-    }
-
-    fn acknowledging_pipeline(
-        outcome: Result<(), ExportError>,
-    ) -> (
-        Acknowledging,
-        Arc<tokio::sync::Semaphore>,
-        Arc<QueuedExporter>,
-    ) {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let exporter = Arc::new(GatedExporter {
-            gate: Arc::clone(&gate),
-            outcome,
-        });
-        let queue = QueuedExporter::start(
-            "gated",
-            "gated",
-            exporter,
-            ExporterCore {
-                retry: crate::retry::RetrySettings {
-                    enabled: false,
-                    ..Default::default()
-                },
-                ..ExporterCore::default()
-            },
-            &Telemetry::new(),
-        );
-        let head = Acknowledging {
-            next: Arc::clone(&queue) as Arc<dyn Consumer>,
-        };
-        (head, gate, queue)
-    }
-
-    fn one_span() -> Batch {
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-        Batch::from_request(crate::batch::Request::Traces(ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![Span::default()],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }))
-    }
-
-    #[tokio::test]
-    async fn with_acknowledgements_a_batch_is_taken_only_once_the_backend_has_it() {
-        let (head, gate, queue) = acknowledging_pipeline(Ok(()));
-        let mut consumed = Box::pin(head.consume(one_span()));
-        // Queued, not yet sent: the receiver must not answer yet.
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(50), &mut consumed)
-                .await
-                .is_err()
-        );
-        gate.add_permits(1);
-        assert_eq!(consumed.await, Ok(()));
-        queue
-            .shutdown(Instant::now() + std::time::Duration::from_secs(1))
-            .await;
-    }
-
-    #[tokio::test]
-    async fn with_acknowledgements_a_failed_export_reaches_the_receiver_as_retryable() {
-        let (head, gate, queue) = acknowledging_pipeline(Err(ExportError::permanent("400")));
-        gate.add_permits(1);
-        let refused = head.consume(one_span()).await;
-        let Err(error) = refused else {
-            panic!("a batch the backend refused was acknowledged");
-        };
-        assert!(error.is_retryable());
-        assert!(error.to_string().contains("could not send"), "{error}");
-        queue
-            .shutdown(Instant::now() + std::time::Duration::from_secs(1))
-            .await;
     }
 }

@@ -26,4 +26,5 @@ pub use telemetry::Telemetry;
 pub mod graph;
 pub mod queue;
 pub mod retry;
+pub mod service;
 pub mod status;

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::ack::Acks;
 use crate::batch::Batch;
-use crate::component::{Consumer, Exporter};
+use crate::component::{Consumer, Exporter, ExporterContext};
 use crate::disk_queue::{self, DiskQueue, DiskQueueSettings, FsyncPolicy};
 use crate::error::{ConsumeError, ExportError, StartError};
 use crate::retry::RetrySettings;
@@ -154,14 +154,16 @@ struct State {
 pub struct QueuedExporter {
     id: String,
     settings: QueueSettings,
-    retry: RetrySettings,
+    retry: Mutex<RetrySettings>,
     enabled: AtomicBool,
     status: Arc<ExporterStatus>,
     discarded: [prometheus::IntCounter; 3],
     retried: [prometheus::IntCounter; 3],
     state: Mutex<State>,
     not_empty: Notify,
-    exporter: Arc<dyn Exporter>,
+    /// Swapped by a reload that changes the exporter's own settings (endpoint, auth, ...): the
+    /// queue and what it holds stay.
+    exporter: std::sync::RwLock<Arc<dyn Exporter>>,
     counters: [ExporterCounters; 3],
     gauges: QueueGauges,
     drop_log: RateLimitedLog,
@@ -248,12 +250,12 @@ impl QueuedExporter {
                 closed: false,
             }),
             not_empty: Notify::new(),
-            exporter,
+            exporter: std::sync::RwLock::new(exporter),
             drop_log: RateLimitedLog::new(Duration::from_secs(1)),
             failure_log: RateLimitedLog::new(Duration::from_secs(1)),
             workers: Mutex::new(JoinSet::new()),
             settings,
-            retry,
+            retry: Mutex::new(retry),
             enabled: AtomicBool::new(enabled),
             status: telemetry.exporter_status(id, type_name, enabled),
             discarded: Signal::ALL.map(|s| discarded.with_label_values(&[id, s.as_str()])),
@@ -402,22 +404,24 @@ impl QueuedExporter {
     /// returns the last error and how many attempts were made.
     async fn send_with_retries(&self, mut batch: Batch) -> Result<(), (ExportError, u32)> {
         // Clones for retries then share the encoded bytes instead of copying decoded data.
-        if self.retry.enabled {
+        let retry = self.retry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let exporter = self.exporter();
+        if retry.enabled {
             batch.encoded_segments();
         }
         let signal = batch.signal();
         let items = batch.item_count();
         let first_attempt = tokio::time::Instant::now();
-        let mut backoff = self.retry.backoff();
+        let mut backoff = retry.backoff();
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let attempt = if self.retry.enabled {
+            let attempt = if retry.enabled {
                 batch.clone()
             } else {
                 std::mem::replace(&mut batch, Batch::empty(signal))
             };
-            let error = match self.exporter.export(attempt).await {
+            let error = match exporter.export(attempt).await {
                 Ok(()) => {
                     self.status.succeeded();
                     return Ok(());
@@ -428,7 +432,7 @@ impl QueuedExporter {
             let ExportError::Retryable { throttle, .. } = &error else {
                 return Err((error, attempts));
             };
-            if !self.retry.enabled {
+            if !retry.enabled {
                 return Err((error, attempts));
             }
             let wait = backoff.next_wait(*throttle);
@@ -444,6 +448,30 @@ impl QueuedExporter {
             self.retried[counters_index(signal)].inc_by(items as u64);
             tokio::time::sleep(wait).await;
         }
+    }
+
+    fn exporter(&self) -> Arc<dyn Exporter> {
+        Arc::clone(&self.exporter.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sends the next batches with `exporter` instead (a reload changed its settings). The old
+    /// exporter is shut down first, so that a new one serving the same port (a scrape
+    /// endpoint) can bind it; batches it is sending finish. Queued data is kept.
+    pub async fn replace_exporter(
+        &self,
+        mut exporter: Box<dyn Exporter>,
+        ctx: &ExporterContext,
+    ) -> Result<(), StartError> {
+        self.exporter().shutdown().await;
+        exporter.start(ctx).await?;
+        *self.exporter.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(exporter);
+        Ok(())
+    }
+
+    /// Applies reloaded `retry` and `enabled` settings.
+    pub fn update(&self, retry: RetrySettings, enabled: bool) {
+        *self.retry.lock().unwrap_or_else(|p| p.into_inner()) = retry;
+        self.set_enabled(enabled);
     }
 
     /// The exporter's live status.
@@ -504,7 +532,7 @@ impl QueuedExporter {
                 );
             }
         }
-        self.exporter.shutdown().await;
+        self.exporter().shutdown().await;
     }
 }
 
@@ -542,7 +570,7 @@ impl QueuedExporter {
                 "data not yet sent stays in the disk queue for the next start"
             );
         }
-        self.exporter.shutdown().await;
+        self.exporter().shutdown().await;
     }
 
     /// Writes `batch` to the disk queue. Once it is written its acknowledgements are

@@ -202,6 +202,12 @@ pub struct ComponentSettings {
 }
 
 impl ComponentSettings {
+    /// Whether `other` configures the component the same way (same type, same table): a
+    /// reload keeps such a component running as it is.
+    pub fn same_as(&self, other: &ComponentSettings) -> bool {
+        self.type_name == other.type_name && self.table == other.table
+    }
+
     /// The settings of the component `[<kind's section>.<id>]`.
     pub fn new(
         kind: ComponentKind,
