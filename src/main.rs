@@ -1,16 +1,20 @@
 //! The `sluice` binary: parses the command line and wires the component crates into the
 //! pipeline core. All behaviour lives in the crates; this file only connects them.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use sluice_pipeline::admin::{AdminServer, ServiceInfo};
 use sluice_pipeline::config::{self, Config, ConfigErrors};
 use sluice_pipeline::graph::{self, Plan};
 use sluice_pipeline::service::Service;
-use sluice_pipeline::{Registry, Telemetry};
+use sluice_exporters::otlp_env::{self, OtlpEnv};
+use sluice_pipeline::{Registry, Signal, Telemetry};
 
 /// The configuration `sluice run` uses when no file is given.
 const QUICKSTART: &str = include_str!("../configs/quickstart.toml");
@@ -41,6 +45,16 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Tests every enabled exporter's backend with a minimal export and prints one line per
+    /// exporter: reachable and accepted, or why not. Exits non-zero when any fails.
+    Check {
+        /// The TOML configuration whose exporters to test.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long each exporter's test may take, e.g. "10s" or "500ms".
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +62,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Check { config, timeout } => check(&config, timeout),
         Command::Run { config } => run(config.as_deref()),
     }
 }
@@ -74,12 +89,14 @@ fn registry() -> Registry {
 
 /// Loads and checks a configuration, printing its warnings.
 fn load_and_plan(file: Option<&Path>, registry: &Registry) -> Result<(Config, Plan), ConfigErrors> {
-    let config = match file {
+    let mut config = match file {
         Some(file) => config::load(file)?,
         None => config::load_str(Path::new(QUICKSTART_NAME), QUICKSTART, |name| {
             std::env::var(name).ok()
         })?,
     };
+    otlp_env::add_env_exporters(&mut config, &OtlpEnv::from_process())
+        .map_err(|errors| config.locate(errors))?;
     let plan = graph::plan(&config, registry).map_err(|errors| config.locate(errors))?;
     let located = config.locate(
         plan.warnings
@@ -111,6 +128,125 @@ fn validate(file: &Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Parses "10s", "500ms" or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration: write e.g. \"10s\" or \"500ms\"");
+    let (number, unit) = match text.strip_suffix("ms") {
+        Some(number) => (number, 1),
+        None => (text.strip_suffix('s').unwrap_or(text), 1000),
+    };
+    let amount: u64 = number.trim().parse().map_err(|_| invalid())?;
+    match amount.checked_mul(unit) {
+        Some(0) | None => Err(invalid()),
+        Some(millis) => Ok(Duration::from_millis(millis)),
+    }
+}
+
+/// `sluice check`: loads and plans like `validate`, then tests every enabled exporter at once.
+fn check(file: &Path, timeout: Duration) -> ExitCode {
+    let plan = match load_and_plan(Some(file), &registry()) {
+        Ok((_, plan)) => plan,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", file.display(), errors.errors.len());
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exporters = plan.exporters();
+    let width = exporters.iter().map(|e| e.id.len()).max().unwrap_or(0);
+    let checks = exporters
+        .iter()
+        .map(
+            |e| -> Pin<Box<dyn Future<Output = Option<Result<String, String>>> + '_>> {
+                Box::pin(async move {
+                    if !e.enabled {
+                        return None;
+                    }
+                    Some(check_exporter(e.exporter, &e.signals, timeout).await)
+                })
+            },
+        )
+        .collect();
+    let results = runtime.block_on(join_all(checks));
+    let mut failed = 0;
+    for (exporter, result) in exporters.iter().zip(results) {
+        let id = &exporter.id;
+        match result {
+            None => println!("skip {id:<width$}  disabled (enabled = false)"),
+            Some(Ok(message)) => println!("ok   {id:<width$}  {message}"),
+            Some(Err(message)) => {
+                failed += 1;
+                println!("FAIL {id:<width$}  {message}");
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{failed} exporter(s) failed the check");
+        ExitCode::FAILURE
+    }
+}
+
+/// Checks each signal the exporter is used for, in turn; the first failure is the answer.
+async fn check_exporter(
+    exporter: &dyn sluice_pipeline::Exporter,
+    signals: &[Signal],
+    timeout: Duration,
+) -> Result<String, String> {
+    let mut accepted = None;
+    for &signal in signals {
+        match tokio::time::timeout(timeout, exporter.check(signal)).await {
+            Ok(Ok(message)) => {
+                accepted.get_or_insert(message);
+            }
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "no answer within {} ms (--timeout)",
+                    timeout.as_millis()
+                ));
+            }
+        }
+    }
+    Ok(accepted.unwrap_or_else(|| "not used by any pipeline".to_string()))
+}
+
+/// Runs `futures` concurrently on the current task and returns their outputs in order. The
+/// checks borrow the plan, so they cannot be spawned as tasks.
+async fn join_all<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
+    let mut pending: Vec<Option<Pin<Box<dyn Future<Output = T> + 'a>>>> =
+        futures.into_iter().map(Some).collect();
+    let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, output) in pending.iter_mut().zip(done.iter_mut()) {
+            if let Some(future) = slot
+                && let Poll::Ready(value) = future.as_mut().poll(cx)
+            {
+                *output = Some(value);
+                *slot = None;
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
 }
 
 fn run(file: Option<&Path>) -> ExitCode {

@@ -371,10 +371,20 @@ impl Exporter for OtlpGrpcExporter {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(())) => Ok(format!("{target}: reachable, export accepted")),
-            Ok(Err(status)) => Err(ExportError::permanent(format!(
-                "{target}: {}",
-                diagnose(&status, signal)
-            ))),
+            Ok(Err(status)) => {
+                let mut cause = diagnose(&status, signal);
+                let transport_failure = std::error::Error::source(&status).is_some();
+                let explained = ["connection refused", "DNS", "TLS", "connection timed out"]
+                    .iter()
+                    .any(|known| cause.starts_with(known))
+                    || cause.starts_with("wrong protocol");
+                if transport_failure && !explained && answers_http1(self.endpoint.uri()).await {
+                    cause = format!(
+                        "wrong protocol: the server answers HTTP/1.1 and does not speak HTTP/2, so not gRPC (an OTLP/HTTP port such as 4318? use otlp_http for it); the gRPC call failed with: {cause}"
+                    );
+                }
+                Err(ExportError::permanent(format!("{target}: {cause}")))
+            }
             Err(_) => Err(ExportError::retryable(format!(
                 "{target}: timed out after {} without an answer",
                 humantime::format_duration(self.timeout)
@@ -421,6 +431,35 @@ fn classify(status: &Status) -> ExportError {
     } else {
         ExportError::Permanent(message)
     }
+}
+
+/// Whether a plaintext endpoint answers an HTTP/1.1 request: after a failed gRPC call, the
+/// sign that HTTP/2 was spoken to an HTTP/1-only port (which closes the connection on the
+/// HTTP/2 preface, leaving the client only a broken pipe or a reset).
+async fn answers_http1(uri: &http::Uri) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (Some("http"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let request =
+            format!("OPTIONS * HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut start = [0u8; 7];
+        stream.read_exact(&mut start).await.ok()?;
+        Some(&start == b"HTTP/1.")
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Why a check's export failed, in words a user can act on.

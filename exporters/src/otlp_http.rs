@@ -448,13 +448,24 @@ impl Exporter for OtlpHttpExporter {
                 )));
             }
         };
-        let (parts, body) = answer.map_err(|e| {
-            let cause = match &e {
-                PostError::Send(e) => otlp_common::connection_failure(e),
-                PostError::Read(e) => otlp_common::connection_failure(&**e),
-            };
-            ExportError::permanent(format!("{url}: {}", wrong_protocol_hint(cause)))
-        })?;
+        let (parts, body) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let mut cause = match &e {
+                    PostError::Send(e) => otlp_common::connection_failure(e),
+                    PostError::Read(e) => otlp_common::connection_failure(&**e),
+                };
+                let explained = ["connection refused", "DNS", "TLS", "connection timed out"]
+                    .iter()
+                    .any(|known| cause.starts_with(known));
+                if !explained && answers_http2(url).await {
+                    cause = format!(
+                        "wrong protocol: the server does not answer HTTP/1.1 but speaks HTTP/2 (a gRPC-only port such as OTLP/gRPC's 4317? use otlp_grpc for it); the request failed with: {cause}"
+                    );
+                }
+                return Err(ExportError::permanent(format!("{url}: {cause}")));
+            }
+        };
         if parts.status.is_success() {
             return Ok(format!("{url}: reachable, export accepted"));
         }
@@ -501,19 +512,35 @@ impl Exporter for OtlpHttpExporter {
     }
 }
 
-/// An HTTP/1.1 request to an HTTP/2-only (gRPC) port fails to parse or finds the connection
-/// closed: say so.
-fn wrong_protocol_hint(cause: String) -> String {
-    if cause.contains("invalid HTTP version")
-        || cause.contains("connection closed before message completed")
-        || cause.contains("invalid HTTP")
-    {
-        format!(
-            "wrong protocol: the server does not answer HTTP/1.1 (a gRPC-only port such as OTLP/gRPC's 4317? use otlp_grpc for it): {cause}"
-        )
-    } else {
-        cause
-    }
+/// Whether a plaintext endpoint answers the HTTP/2 connection preface with a SETTINGS frame:
+/// after a failed HTTP/1.1 request, the sign that it went to an HTTP/2-only (gRPC) port, whose
+/// answer HTTP/1.1 cannot parse.
+async fn answers_http2(url: &Uri) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (Some("http"), Some(authority)) = (url.scheme_str(), url.authority()) else {
+        return false;
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        // The preface, then an empty SETTINGS frame.
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        stream.write_all(&hello).await.ok()?;
+        let mut frame_header = [0u8; 9];
+        stream.read_exact(&mut frame_header).await.ok()?;
+        // A SETTINGS frame (type 4) on stream 0.
+        Some(frame_header[3] == 4 && frame_header[5..9] == [0, 0, 0, 0])
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// How a response body is encoded, from its content type.
