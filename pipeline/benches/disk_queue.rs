@@ -8,6 +8,7 @@
 //! measure (a tmpfs makes fsync free).
 
 use std::hint::black_box;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -260,6 +261,24 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // The floor under `always`: appending a record's bytes to a plain file and fdatasync, no
+    // queue. On a shared disk this moves with the other tenants' writes; compare within a run.
+    let mut group = c.benchmark_group("disk_baseline");
+    group.throughput(Throughput::ElementsAndBytes {
+        elements: SPANS as u64,
+        bytes: record,
+    });
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let mut file = std::fs::File::create(directory.path().join("baseline")).expect("create");
+    let bytes = vec![0x5a; record as usize];
+    group.bench_function("append_and_fdatasync", |b| {
+        b.iter(|| {
+            file.write_all(&bytes).expect("write");
+            file.sync_data().expect("fdatasync");
+        })
+    });
     group.finish();
 }
 

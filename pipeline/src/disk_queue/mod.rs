@@ -26,10 +26,14 @@
 //!   crash cut short, is skipped, counted in [`RecoveryReport::skipped`] and logged with the
 //!   file and offset; every intact record around it is delivered. A damaged tail is cut off
 //!   the file so it is reported once.
-//! - **Bounded.** Segment and marks files together stay under `max_bytes`; a push that would
-//!   pass it fails with [`DiskQueueError::QueueFull`], a full disk with
-//!   [`DiskQueueError::DiskFull`], and the caller counts the batch as dropped. A single record
+//! - **Bounded.** A push that would take the queue's files (segments and marks) past
+//!   `max_bytes` fails with [`DiskQueueError::QueueFull`], a full disk with
+//!   [`DiskQueueError::DiskFull`], and the caller counts the batch as dropped. Delivery marks
+//!   written after a push can exceed the bound by 32 bytes per queued record. A single record
 //!   larger than `max_bytes` is always refused.
+//! - **One process per directory.** Nothing stops two processes from opening the same
+//!   directory; they would corrupt each other's queue. The core gives each exporter its own
+//!   subdirectory.
 //!
 //! # On disk
 //!
@@ -61,7 +65,7 @@
 
 mod format;
 mod recovery;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -442,7 +446,12 @@ impl DiskQueue {
             remove_file_logged(name, &format::marks_path(directory, *id));
         }
 
-        let writing = segment_ids.last().map_or(1, |last| last + 1);
+        // Past every number in use, marks files included: a new segment must never pick up
+        // the marks of an old one whose marks file could not be deleted.
+        let writing = segment_ids
+            .last()
+            .max(marks_ids.last())
+            .map_or(1, |last| last + 1);
         let path = format::segment_path(directory, writing);
         let file = create_segment(directory, &path).map_err(io_error("create", &path))?;
         state.writing = writing;
@@ -718,14 +727,19 @@ impl Shared {
     fn roll(&self, writer: &mut Writer) -> Result<(), DiskQueueError> {
         let directory = &self.settings.directory;
         // Flushing the finished segment now means only the current one needs flushing to make
-        // every push so far durable.
-        writer.file.sync_data().map_err(|error| {
-            self.io_error(
+        // every push so far durable. A segment left damaged by a failed write is moved on from
+        // even if it cannot be flushed, or the queue would refuse every push from then on.
+        if let Err(error) = writer.file.sync_data() {
+            let error = self.io_error(
                 "flush",
                 format::segment_path(directory, writer.segment),
                 error,
-            )
-        })?;
+            );
+            if !writer.damaged {
+                return Err(error);
+            }
+            tracing::warn!(queue = %self.name, %error, "disk queue moves on from a damaged segment it cannot flush");
+        }
         let next = writer.segment + 1;
         let path = format::segment_path(directory, next);
         let file = create_segment(directory, &path)
@@ -968,7 +982,7 @@ impl Flusher {
         let weak: Weak<Shared> = Arc::downgrade(shared);
         let interval = shared.settings.fsync_interval;
         let thread = std::thread::Builder::new()
-            .name(format!("disk-queue-{}", shared.name))
+            .name("sluice-disk-queue".to_string())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let Some(shared) = weak.upgrade() else { return };

@@ -657,3 +657,40 @@ fn validate_names_each_bad_key() {
         Err(DiskQueueError::InvalidSettings(_))
     ));
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_write_is_a_typed_error_and_the_next_push_goes_to_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(&settings(dir.path()));
+    let first = queue.push(b"before", 1).unwrap();
+    // Every write to /dev/full fails with ENOSPC, and it cannot be truncated back either.
+    let full = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open("/dev/full")
+        .unwrap();
+    lock(&queue.shared.writer).file = Arc::new(full);
+
+    let error = queue.push(b"lost", 1).unwrap_err();
+    assert!(matches!(error, DiskQueueError::DiskFull { .. }), "{error}");
+    assert!(error.to_string().contains(NAME), "{error}");
+    assert_eq!(queue.stats().records, 1, "the failed push is not queued");
+
+    let after = queue.push(b"after", 1).unwrap();
+    assert_eq!(after.segment, first.segment + 1);
+    assert_eq!(
+        payloads(&drain(&queue)),
+        vec![b"before".to_vec(), b"after".to_vec()]
+    );
+}
+
+#[test]
+fn a_new_segment_never_takes_the_number_of_a_marks_file_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // A marks file that cannot be deleted (here: a directory of that name) with no segment.
+    std::fs::create_dir(format::marks_path(dir.path(), 1)).unwrap();
+    let (queue, _) = open(&settings(dir.path()));
+    let id = queue.push(b"a", 1).unwrap();
+    assert_eq!(id.segment, 2);
+}
