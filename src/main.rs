@@ -144,6 +144,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// One exporter's check: `None` when it is disabled, else its line's text.
+type ExporterCheck<'a> = Pin<Box<dyn Future<Output = Option<Result<String, String>>> + 'a>>;
+
 /// `sluice check`: loads and plans like `validate`, then tests every enabled exporter at once.
 fn check(file: &Path, timeout: Duration) -> ExitCode {
     let plan = match load_and_plan(Some(file), &registry()) {
@@ -168,16 +171,14 @@ fn check(file: &Path, timeout: Duration) -> ExitCode {
     let width = exporters.iter().map(|e| e.id.len()).max().unwrap_or(0);
     let checks = exporters
         .iter()
-        .map(
-            |e| -> Pin<Box<dyn Future<Output = Option<Result<String, String>>> + '_>> {
-                Box::pin(async move {
-                    if !e.enabled {
-                        return None;
-                    }
-                    Some(check_exporter(e.exporter, &e.signals, timeout).await)
-                })
-            },
-        )
+        .map(|e| -> ExporterCheck<'_> {
+            Box::pin(async move {
+                if !e.enabled {
+                    return None;
+                }
+                Some(check_exporter(e.exporter, &e.signals, timeout).await)
+            })
+        })
         .collect();
     let results = runtime.block_on(join_all(checks));
     let mut failed = 0;
