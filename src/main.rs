@@ -9,11 +9,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use sluice_exporters::otlp_env::{self, OtlpEnv};
 use sluice_pipeline::admin::{AdminServer, ServiceInfo};
 use sluice_pipeline::config::{self, Config, ConfigErrors};
 use sluice_pipeline::graph::{self, Plan};
 use sluice_pipeline::service::Service;
-use sluice_exporters::otlp_env::{self, OtlpEnv};
 use sluice_pipeline::{Registry, Signal, Telemetry};
 
 /// The configuration `sluice run` uses when no file is given.
