@@ -221,19 +221,24 @@ exporters = ["refusing", "healthy"]
     send(grpc, 0, 300, 100).await;
     healthy
         .recorder
-        .wait_until("every span at the healthy backend", |r| r.span_count() == 300)
+        .wait_until("every span at the healthy backend", |r| {
+            r.span_count() == 300
+        })
         .await;
     wait_for("the refused spans to be counted", || {
-        sluice
-            .metric("sluice_exporter_send_failed_items_total{exporter=\"refusing\",signal=\"traces\"}")
-            == 300.0
+        sluice.metric(
+            "sluice_exporter_send_failed_items_total{exporter=\"refusing\",signal=\"traces\"}",
+        ) == 300.0
     });
     // Refused once each: a permanent error is never retried.
     assert_eq!(refusing.faults.refused(), 3);
     let report = &status(admin)["exporters"]["refusing"];
     assert_eq!(report["state"], "Error");
     assert!(
-        report["last_error"].as_str().unwrap_or_default().contains("400"),
+        report["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("400"),
         "{report}"
     );
     assert!(
@@ -289,7 +294,10 @@ exporters = ["primary", "standby"]
     });
     let report = &status(admin)["exporters"]["primary"];
     assert!(
-        report["last_error"].as_str().unwrap_or_default().contains("503"),
+        report["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("503"),
         "{report}"
     );
     assert_eq!(report["consecutive_failures"], 1);
@@ -302,7 +310,9 @@ exporters = ["primary", "standby"]
     assert_eq!(exporter_state(admin, "standby"), "Disconnected");
     assert_eq!(backend.recorder.snapshot().span_count(), 5);
     assert_eq!(
-        sluice.metric("sluice_exporter_discarded_items_total{exporter=\"standby\",signal=\"traces\"}"),
+        sluice.metric(
+            "sluice_exporter_discarded_items_total{exporter=\"standby\",signal=\"traces\"}"
+        ),
         10.0
     );
 }

@@ -1,20 +1,20 @@
 //! The `sluice` binary: parses the command line and wires the component crates into the
 //! pipeline core. All behaviour lives in the crates; this file only connects them.
 
+mod serve;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sluice_exporters::otlp_env::{self, OtlpEnv};
-use sluice_pipeline::admin::{AdminServer, ServiceInfo};
 use sluice_pipeline::config::{self, Config, ConfigErrors};
 use sluice_pipeline::graph::{self, Plan};
-use sluice_pipeline::service::Service;
-use sluice_pipeline::{Registry, Signal, Telemetry};
+use sluice_pipeline::{Registry, Signal};
 
 /// The configuration `sluice run` uses when no file is given.
 const QUICKSTART: &str = include_str!("../configs/quickstart.toml");
@@ -38,6 +38,10 @@ enum Command {
         /// The TOML configuration; without it, the built-in quickstart configuration.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Reload the configuration whenever the file changes (SIGHUP and `sluice reload`
+        /// reload it in any case).
+        #[arg(long)]
+        watch: bool,
     },
     /// Checks a configuration and lists every error, starting nothing.
     Validate {
@@ -63,7 +67,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Check { config, timeout } => check(&config, timeout),
-        Command::Run { config } => run(config.as_deref()),
+        Command::Run { config, watch } => run(config, watch),
     }
 }
 
@@ -250,61 +254,13 @@ async fn join_all<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) ->
     done.into_iter().flatten().collect()
 }
 
-fn run(file: Option<&Path>) -> ExitCode {
-    let (config, plan) = match load_and_plan(file, &registry()) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(serve(config, plan))
-}
-
-async fn serve(config: Config, plan: Plan) -> ExitCode {
-    let telemetry = Telemetry::new();
-    let info = ServiceInfo::new(config.file.clone(), &config_text(&config.file));
-    let admin = match config.service.admin {
-        Some(address) => match AdminServer::start(address, telemetry.clone(), info).await {
-            Ok(admin) => Some(admin),
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
-    let service = match Service::start(plan, &telemetry).await {
-        Ok(service) => service,
-        Err(e) => {
-            tracing::error!("cannot start: {e}");
-            if let Some(admin) = admin {
-                admin.shutdown().await;
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!(config = %config.file.display(), "sluice is running");
-    let signal = wait_for_shutdown_signal().await;
-    tracing::info!(signal, timeout = ?config.service.shutdown_timeout, "shutting down");
-    service
-        .shutdown(Instant::now() + config.service.shutdown_timeout)
-        .await;
-    if let Some(admin) = admin {
-        admin.shutdown().await;
-    }
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+fn run(file: Option<PathBuf>, watch: bool) -> ExitCode {
+    let registry = registry();
+    serve::run(
+        Box::new(move || load_and_plan(file.as_deref(), &registry)),
+        watch,
+        config_text,
+    )
 }
 
 /// The text of the config file at `path` (the built-in quickstart when that is what ran), for
@@ -314,20 +270,4 @@ fn config_text(path: &Path) -> Vec<u8> {
         return QUICKSTART.as_bytes().to_vec();
     }
     std::fs::read(path).unwrap_or_default()
-}
-
-/// Waits for SIGINT or SIGTERM and returns its name.
-async fn wait_for_shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot listen for SIGINT/SIGTERM; stop the process with SIGKILL");
-        return std::future::pending::<&'static str>().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    }
 }

@@ -76,12 +76,33 @@ impl Sluice {
         listening: &[SocketAddr],
         env: &[(&str, &str)],
     ) -> Sluice {
+        Sluice::start_with(config, admin, listening, env, &[])
+    }
+
+    /// [`Sluice::start`] with extra arguments to `sluice run`.
+    pub fn start_with_args(
+        config: &str,
+        admin: SocketAddr,
+        listening: &[SocketAddr],
+        args: &[&str],
+    ) -> Sluice {
+        Sluice::start_with(config, admin, listening, &[], args)
+    }
+
+    fn start_with(
+        config: &str,
+        admin: SocketAddr,
+        listening: &[SocketAddr],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sluice.toml");
         std::fs::write(&file, config).unwrap();
         let mut child = Command::new(sluice_binary())
             .args(["run", "--config"])
             .arg(&file)
+            .args(args)
             .env("SLUICE_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -149,6 +170,16 @@ impl Sluice {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The config file the process runs, to rewrite it before a reload.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("sluice.toml")
+    }
+
+    /// Sends SIGHUP: reload the configuration.
+    pub fn hangup(&self) {
+        signal(self.child.id(), "HUP");
     }
 
     /// Kills the process with SIGKILL, as a crash or the OOM killer would, and waits for it.

@@ -28,3 +28,5 @@ pub mod queue;
 pub mod retry;
 pub mod service;
 pub mod status;
+pub mod tap;
+pub mod tap_render;

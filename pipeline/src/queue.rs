@@ -23,6 +23,7 @@ use crate::error::{ConsumeError, ExportError, StartError};
 use crate::retry::RetrySettings;
 use crate::signal::Signal;
 use crate::status::ExporterStatus;
+use crate::tap::TapPoint;
 use crate::telemetry::{ExporterCounters, QueueGauges, Telemetry};
 
 /// What an exporter's queue does when it has no room for a batch.
@@ -171,6 +172,8 @@ pub struct QueuedExporter {
     workers: Mutex<JoinSet<()>>,
     /// The write-ahead queue on disk, when `type = "disk"`; the memory queue is unused then.
     disk: Option<DiskQueue>,
+    /// Shows what is handed to this exporter.
+    tap: Arc<TapPoint>,
 }
 
 fn counters_index(signal: Signal) -> usize {
@@ -261,6 +264,7 @@ impl QueuedExporter {
             discarded: Signal::ALL.map(|s| discarded.with_label_values(&[id, s.as_str()])),
             retried: Signal::ALL.map(|s| retried.with_label_values(&[id, s.as_str()])),
             disk,
+            tap: telemetry.taps().point("exporter", id),
         });
         queue.publish_disk_size();
         let mut workers = JoinSet::new();
@@ -687,6 +691,7 @@ impl Consumer for QueuedExporter {
             self.discarded[counters_index(signal)].inc_by(items as u64);
             return Ok(());
         }
+        self.tap.offer(&batch);
         if let Some(disk) = &self.disk {
             return self.consume_to_disk(disk, batch).await;
         }

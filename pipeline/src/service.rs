@@ -27,18 +27,22 @@ use crate::error::{ConsumeError, StartError};
 use crate::graph::{Plan, PlannedExporter, PlannedPipeline, PlannedReceiver};
 use crate::queue::{Fanout, QueuedExporter};
 use crate::signal::Signal;
+use crate::tap::TapPoint;
 use crate::telemetry::Telemetry;
 
-/// A consumer that hands batches to a target that can be changed at any time.
+/// A consumer that hands batches to a target that can be changed at any time. It sits at the
+/// output of a component, so it is also where that component's tap point sees the data.
 pub struct Switch {
     target: RwLock<Arc<dyn Consumer>>,
+    tap: Arc<TapPoint>,
 }
 
 impl Switch {
-    /// A switch pointing at `target`.
-    pub fn to(target: Arc<dyn Consumer>) -> Arc<Switch> {
+    /// A switch pointing at `target`, showing what passes on `tap`.
+    pub fn to(target: Arc<dyn Consumer>, tap: Arc<TapPoint>) -> Arc<Switch> {
         Arc::new(Switch {
             target: RwLock::new(target),
+            tap,
         })
     }
 
@@ -51,6 +55,7 @@ impl Switch {
 #[async_trait]
 impl Consumer for Switch {
     async fn consume(&self, batch: Batch) -> Result<(), ConsumeError> {
+        self.tap.offer(&batch);
         let target = Arc::clone(&self.target.read().unwrap_or_else(|p| p.into_inner()));
         target.consume(batch).await
     }
@@ -331,7 +336,10 @@ impl Service {
                         entry
                     }
                     None => {
-                        let switch = Switch::to(Arc::clone(&next));
+                        let switch = Switch::to(
+                            Arc::clone(&next),
+                            self.telemetry.taps().point("processor", &planned.id),
+                        );
                         let ctx = ProcessorContext {
                             id: planned.id.clone(),
                             pipeline: pipeline.name.clone(),
@@ -443,7 +451,7 @@ impl Service {
             let mut consumers = SignalConsumers::default();
             let mut switches = BTreeMap::new();
             for (signal, head) in heads {
-                let switch = Switch::to(head);
+                let switch = Switch::to(head, self.telemetry.taps().point("receiver", &id));
                 consumers.set(signal, Arc::clone(&switch) as Arc<dyn Consumer>);
                 switches.insert(signal, switch);
             }

@@ -11,6 +11,7 @@ use prometheus::{
 
 use crate::signal::Signal;
 use crate::status::{ExporterStatus, StatusBoard};
+use crate::tap::Taps;
 
 /// The process's internal metrics. Cheap to clone; every component gets one.
 #[derive(Clone)]
@@ -33,6 +34,7 @@ struct Metrics {
     /// again on reload) gets the metric registered the first time instead of a duplicate error.
     by_name: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
     status: StatusBoard,
+    taps: Taps,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -124,6 +126,7 @@ impl Telemetry {
             registry,
             by_name: Mutex::new(HashMap::new()),
             status: StatusBoard::default(),
+            taps: Taps::default(),
         };
         Telemetry {
             inner: Arc::new(metrics),
@@ -194,6 +197,11 @@ impl Telemetry {
             GaugeVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|e| panic!("metric {name}: {e}"))
         })
+    }
+
+    /// Every component's tap point.
+    pub fn taps(&self) -> &Taps {
+        &self.inner.taps
     }
 
     /// Every exporter's live status.

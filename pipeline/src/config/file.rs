@@ -26,6 +26,10 @@ pub struct ServiceConfig {
     /// How long shutdown may take to flush batches and drain exporter queues.
     #[serde(default = "default_shutdown_timeout", with = "super::duration")]
     pub shutdown_timeout: Duration,
+    /// When set, every admin endpoint except `/healthz` and `/readyz` (which probes call)
+    /// requires `Authorization: Bearer <admin_token>`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 fn default_admin() -> Option<SocketAddr> {
@@ -55,6 +59,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             admin: default_admin(),
             shutdown_timeout: default_shutdown_timeout(),
+            admin_token: None,
         }
     }
 }
