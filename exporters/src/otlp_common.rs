@@ -345,9 +345,28 @@ impl ExportResponse for ExportLogsServiceResponse {
     }
 }
 
-/// Logs a partial success. It is never retried (the OTLP specification says so: the backend
-/// has already decided about every item), so a warning is all the user gets.
-pub fn warn_partial_success(exporter: &str, signal: Signal, partial: &PartialSuccess) {
+/// The counter of items backends rejected in a partial success.
+pub fn rejected_counter(telemetry: &sluice_pipeline::Telemetry) -> prometheus::IntCounterVec {
+    telemetry.counter_vec(
+        "sluice_exporter_rejected_items_total",
+        "Items a backend accepted the request for but rejected (OTLP partial success); not retried.",
+        &["exporter", "signal"],
+    )
+}
+
+/// Logs and counts a partial success. It is never retried (the OTLP specification says so:
+/// the backend has already decided about every item).
+pub fn warn_partial_success(
+    exporter: &str,
+    signal: Signal,
+    partial: &PartialSuccess,
+    rejected: Option<&prometheus::IntCounterVec>,
+) {
+    if let Some(rejected) = rejected {
+        rejected
+            .with_label_values(&[exporter, signal.as_str()])
+            .inc_by(u64::try_from(partial.rejected).unwrap_or(0));
+    }
     tracing::warn!(
         exporter,
         %signal,

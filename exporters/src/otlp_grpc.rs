@@ -94,6 +94,9 @@ impl ExporterFactory for OtlpGrpcFactory {
 /// An exporter sending OTLP over gRPC on one HTTP/2 connection shared by every export.
 pub struct OtlpGrpcExporter {
     id: String,
+    /// `sluice_exporter_rejected_items_total`, once started: items a backend's partial success
+    /// reported rejected.
+    rejected: Option<prometheus::IntCounterVec>,
     endpoint: Endpoint,
     compression: Compression,
     compression_level: u32,
@@ -242,6 +245,7 @@ impl OtlpGrpcExporter {
             .map_err(|e| settings.error("endpoint", e.to_string()))?;
         Ok(OtlpGrpcExporter {
             id: settings.id.clone(),
+            rejected: None,
             endpoint,
             compression,
             compression_level: config.compression_level,
@@ -310,7 +314,12 @@ impl OtlpGrpcExporter {
         match answer {
             Ok(Ok(response)) => {
                 if let Some(partial) = response.partial_success() {
-                    otlp_common::warn_partial_success(&self.id, signal, &partial);
+                    otlp_common::warn_partial_success(
+                        &self.id,
+                        signal,
+                        &partial,
+                        self.rejected.as_ref(),
+                    );
                 }
                 Ok(())
             }
@@ -340,6 +349,7 @@ impl OtlpGrpcExporter {
 impl Exporter for OtlpGrpcExporter {
     async fn start(&mut self, ctx: &ExporterContext) -> Result<(), StartError> {
         self.id = ctx.id.clone();
+        self.rejected = Some(otlp_common::rejected_counter(&ctx.telemetry));
         if let Some(tls) = &self.tls {
             tls.warn_if_insecure(&self.id);
         }

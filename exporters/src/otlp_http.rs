@@ -142,6 +142,9 @@ impl HttpClient {
 /// An exporter sending OTLP over HTTP/1.1 with pooled keep-alive connections.
 pub struct OtlpHttpExporter {
     id: String,
+    /// `sluice_exporter_rejected_items_total`, once started: items a backend's partial success
+    /// reported rejected.
+    rejected: Option<prometheus::IntCounterVec>,
     /// Each signal's URL, in [`Signal::ALL`] order; `None` when neither the config nor the
     /// environment gives one (only possible when the environment sets some signals' only).
     urls: [Option<Uri>; 3],
@@ -285,6 +288,7 @@ impl OtlpHttpExporter {
             )));
         Ok(OtlpHttpExporter {
             id: settings.id.clone(),
+            rejected: None,
             urls,
             encoding: config.encoding,
             compression,
@@ -364,7 +368,12 @@ impl OtlpHttpExporter {
         let format = BodyFormat::of(content_type);
         if parts.status.is_success() {
             if let Some(partial) = partial_success(signal, format, &body) {
-                otlp_common::warn_partial_success(&self.id, signal, &partial);
+                otlp_common::warn_partial_success(
+                    &self.id,
+                    signal,
+                    &partial,
+                    self.rejected.as_ref(),
+                );
             }
             return Ok(());
         }
@@ -422,6 +431,7 @@ enum PostError {
 impl Exporter for OtlpHttpExporter {
     async fn start(&mut self, ctx: &ExporterContext) -> Result<(), StartError> {
         self.id = ctx.id.clone();
+        self.rejected = Some(otlp_common::rejected_counter(&ctx.telemetry));
         if let Some(tls) = &self.tls {
             tls.warn_if_insecure(&self.id);
         }
