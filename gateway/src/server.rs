@@ -139,18 +139,21 @@ impl Gateway {
                 routes.insert(route.model.clone(), targets);
             }
         }
-        let events_dropped = IntCounter::new(
-            "sluice_gateway_events_dropped_total",
-            "Gateway request events dropped because the pipeline's event channel was full.",
-        )?;
-        telemetry
-            .registry()
-            .register(Box::new(events_dropped.clone()))?;
-        let in_flight = IntGauge::new(
-            "sluice_gateway_requests_in_flight",
-            "Requests the gateway is handling (streams until their last byte).",
-        )?;
-        telemetry.registry().register(Box::new(in_flight.clone()))?;
+        // Registered by name, once per process: a gateway rebuilt by a reload shares them.
+        let events_dropped = telemetry.metric("sluice_gateway_events_dropped_total", || {
+            IntCounter::new(
+                "sluice_gateway_events_dropped_total",
+                "Gateway request events dropped because the pipeline's event channel was full.",
+            )
+            .expect("a static, valid metric name")
+        });
+        let in_flight = telemetry.metric("sluice_gateway_requests_in_flight", || {
+            IntGauge::new(
+                "sluice_gateway_requests_in_flight",
+                "Requests the gateway is handling (streams until their last byte).",
+            )
+            .expect("a static, valid metric name")
+        });
         let shared = Shared {
             capture_content: config.capture_content,
             capture_headers: config
