@@ -4,6 +4,7 @@ pub mod batch;
 pub mod cost;
 pub mod memory_limiter;
 pub mod probabilistic_sampler;
+pub mod redaction;
 pub mod resource;
 pub mod tail_sampling;
 
@@ -13,6 +14,7 @@ pub fn register(registry: &mut sluice_pipeline::Registry) {
     registry.add_processor(cost::CostProcessorFactory);
     registry.add_processor(memory_limiter::MemoryLimiterFactory);
     registry.add_processor(probabilistic_sampler::ProbabilisticSamplerFactory);
+    registry.add_processor(redaction::RedactionProcessorFactory);
     registry.add_processor(resource::ResourceProcessorFactory);
     registry.add_processor(tail_sampling::TailSamplingFactory);
 }
