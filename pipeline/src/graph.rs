@@ -95,6 +95,30 @@ impl Plan {
     }
 }
 
+/// What `sluice test` puts in place of every exporter: it sends nothing and succeeds.
+struct Discarding;
+
+#[async_trait::async_trait]
+impl Exporter for Discarding {
+    async fn export(&self, _: crate::batch::Batch) -> Result<(), crate::error::ExportError> {
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// The plan as `sluice test` runs it: no receiver (the test hands data to the pipelines
+    /// itself), and every exporter replaced by one that sends nothing, behind a memory queue,
+    /// so a test opens no port, reaches no backend and writes no disk queue.
+    pub fn for_tests(mut self) -> Plan {
+        for planned in &mut self.exporters {
+            planned.exporter = Box::new(Discarding);
+            planned.core.queue = QueueSettings::default();
+        }
+        self.receivers.clear();
+        self
+    }
+}
+
 /// The keys the core reads from every exporter's table before the exporter sees it.
 pub(crate) const EXPORTER_CORE_KEYS: [&str; 3] = ["queue", "retry", "enabled"];
 

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod batch;
 pub mod component;
 pub mod config;
+pub mod config_tests;
 pub mod disk_queue;
 pub mod error;
 pub mod signal;

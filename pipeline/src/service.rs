@@ -473,6 +473,19 @@ impl Service {
         Ok(())
     }
 
+    /// The consumer at the head of pipeline `name`, where its receivers hand it batches.
+    pub fn pipeline_head(&self, name: &str) -> Option<Arc<dyn Consumer>> {
+        self.pipelines.get(name).map(|p| Arc::clone(&p.head))
+    }
+
+    /// The input of processor `id` in pipeline `pipeline`: data handed to it skips the
+    /// processors before it (`sluice test` inserts its inputs there).
+    pub fn processor_input(&self, pipeline: &str, id: &str) -> Option<Arc<dyn Consumer>> {
+        let pipeline = self.pipelines.get(pipeline)?;
+        let entry = pipeline.processors.iter().find(|p| p.id == id)?;
+        Some(Arc::clone(&entry.instance) as Arc<dyn Consumer>)
+    }
+
     /// Stops the graph front to back: receivers stop accepting, processors flush, exporter
     /// queues drain until `deadline`; what could not be sent by then is counted and logged.
     pub async fn shutdown(self, deadline: Instant) {

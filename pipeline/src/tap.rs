@@ -96,6 +96,12 @@ impl Watch {
         self.receiver.recv().await
     }
 
+    /// A batch already waiting, without waiting for one: for draining what was offered
+    /// before a point in time (`sluice test` drains after the pipeline has shut down).
+    pub fn try_next(&mut self) -> Option<Batch> {
+        self.receiver.try_recv().ok()
+    }
+
     /// Items skipped since the last call because the viewer was behind.
     pub fn take_skipped(&self) -> u64 {
         self.skipped.swap(0, Ordering::Relaxed)

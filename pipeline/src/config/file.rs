@@ -104,6 +104,9 @@ pub struct Config {
     /// Receivers defined by a top-level table of their own (`[gateway]`) rather than under
     /// `[receivers]`; they are also in `receivers`, with the table's name as id and type.
     pub sections: Vec<String>,
+    /// The `[[tests]]` tables, `sluice test`'s config unit tests: their syntax is checked on
+    /// loading, and `run` ignores them (see [`crate::config_tests`]).
+    pub tests: Vec<toml::Value>,
     /// The expanded text, to place later errors on their lines.
     text: String,
 }
@@ -174,6 +177,7 @@ pub fn load_str(
         exporters: BTreeMap::new(),
         pipelines: BTreeMap::new(),
         sections: Vec::new(),
+        tests: Vec::new(),
         text: expanded,
     };
     let mut errors = Vec::new();
@@ -199,6 +203,7 @@ pub fn load_str(
                 }
             }
             "pipelines" => config.pipelines = read_pipelines(value, &mut errors),
+            "tests" => config.tests = crate::config_tests::check_tables(value, &mut errors),
             // Another table may configure a component with a section of its own, such as
             // `[gateway]`; the graph checks that one exists.
             _ => match value {
