@@ -49,6 +49,17 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Runs the config's unit tests, its `[[tests]]` tables (and those of the `--tests`
+    /// files): inputs inserted at a component, expectations on what comes out of another.
+    /// Starts no receiver and sends nothing. Exits 1 when a test fails, 2 on config errors.
+    Test {
+        /// The TOML configuration under test.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// More files of `[[tests]]` tables to run against it.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        tests: Vec<PathBuf>,
+    },
     /// Tests every enabled exporter's backend with a minimal export and prints one line per
     /// exporter: reachable and accepted, or why not. Exits non-zero when any fails.
     Check {
@@ -67,6 +78,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Check { config, timeout } => check(&config, timeout),
+        Command::Test { config, tests } => test(&config, &tests),
         Command::Run { config, watch } => run(config, watch),
     }
 }
@@ -131,6 +143,48 @@ fn validate(file: &Path) -> ExitCode {
             eprintln!("{}: {} error(s)", file.display(), errors.errors.len());
             ExitCode::from(2)
         }
+    }
+}
+
+/// `sluice test`: loads and plans like `validate`, then runs every config test in turn.
+fn test(file: &Path, extra: &[PathBuf]) -> ExitCode {
+    let registry = registry();
+    let config = match load_and_plan(Some(file), &registry) {
+        Ok((config, _)) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", file.display(), errors.errors.len());
+            return ExitCode::from(2);
+        }
+    };
+    let suite = match sluice_pipeline::config_tests::Suite::load(&config, extra) {
+        Ok(suite) => suite,
+        Err(files) => {
+            for errors in &files {
+                eprintln!("{errors}");
+            }
+            let count: usize = files.iter().map(|e| e.errors.len()).sum();
+            eprintln!("{count} error(s) in the tests");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("\nrunning {} test(s) from {}", suite.len(), file.display());
+    let summary = runtime.block_on(suite.run(&config, &registry, |outcome| println!("{outcome}")));
+    print!("{summary}");
+    if summary.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
