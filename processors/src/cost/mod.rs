@@ -342,38 +342,55 @@ impl Collector for UnpricedCounter {
     }
 }
 
-/// Where each token count and the model of a span are read from, GenAI conventions first.
-const INPUT_KEYS: [&str; 2] = ["gen_ai.usage.input_tokens", "llm.token_count.prompt"];
-const OUTPUT_KEYS: [&str; 2] = ["gen_ai.usage.output_tokens", "llm.token_count.completion"];
-const CACHE_READ_KEYS: [&str; 2] = [
-    "gen_ai.usage.cache_read.input_tokens",
-    "llm.token_count.prompt_details.cache_read",
-];
-const CACHE_WRITE_KEYS: [&str; 2] = [
-    "gen_ai.usage.cache_creation.input_tokens",
-    "llm.token_count.prompt_details.cache_write",
-];
-const REASONING_KEYS: [&str; 2] = [
-    "gen_ai.usage.reasoning.output_tokens",
-    "llm.token_count.completion_details.reasoning",
-];
-const MODEL_KEYS: [&str; 3] = [
-    "gen_ai.response.model",
-    "gen_ai.request.model",
-    "llm.model_name",
-];
 const COST_KEYS: [&str; 4] = [COST, COST_PROMPT, COST_COMPLETION, COST_TOTAL];
 
-/// A token count as read from an attribute: the position of the key it came from in its
-/// `*_KEYS` list (lower wins), and the count, `None` when the value is not a count.
-type Read = Option<(usize, Option<u64>)>;
+/// What an attribute of a span means to the cost processor.
+#[derive(Clone, Copy)]
+enum Key {
+    /// A token count: its slot in `[input, output, cache_read, cache_write, reasoning]`, and
+    /// its rank (0 for the GenAI name, 1 for OpenInference's; the lower wins).
+    Count(usize, u8),
+    /// The model: rank 0 `gen_ai.response.model` (what was billed), 1 `gen_ai.request.model`,
+    /// 2 `llm.model_name`.
+    Model(u8),
+    /// One of [`COST_KEYS`], already on the span.
+    Cost(usize),
+}
+
+/// Where each token count and the model of a span are read from, GenAI conventions first.
+fn classify(key: &str) -> Option<Key> {
+    Some(match key {
+        "gen_ai.usage.input_tokens" => Key::Count(0, 0),
+        "llm.token_count.prompt" => Key::Count(0, 1),
+        "gen_ai.usage.output_tokens" => Key::Count(1, 0),
+        "llm.token_count.completion" => Key::Count(1, 1),
+        "gen_ai.usage.cache_read.input_tokens" => Key::Count(2, 0),
+        "llm.token_count.prompt_details.cache_read" => Key::Count(2, 1),
+        "gen_ai.usage.cache_creation.input_tokens" => Key::Count(3, 0),
+        "llm.token_count.prompt_details.cache_write" => Key::Count(3, 1),
+        "gen_ai.usage.reasoning.output_tokens" => Key::Count(4, 0),
+        "llm.token_count.completion_details.reasoning" => Key::Count(4, 1),
+        "gen_ai.response.model" => Key::Model(0),
+        "gen_ai.request.model" => Key::Model(1),
+        "llm.model_name" => Key::Model(2),
+        COST => Key::Cost(0),
+        COST_PROMPT => Key::Cost(1),
+        COST_COMPLETION => Key::Cost(2),
+        COST_TOTAL => Key::Cost(3),
+        _ => return None,
+    })
+}
+
+/// A token count as read from an attribute: the rank of the key it came from, and the count,
+/// `None` when the value is not a count.
+type Read = Option<(u8, Option<u64>)>;
 
 /// What one pass over a span's attributes found.
 #[derive(Default)]
 struct Scan<'a> {
     /// `[input, output, cache_read, cache_write, reasoning]`.
     counts: [Read; 5],
-    model: Option<(usize, &'a str)>,
+    model: Option<(u8, &'a str)>,
     /// Where each of [`COST_KEYS`] already is.
     existing: [Option<usize>; 4],
 }
@@ -382,35 +399,20 @@ impl<'a> Scan<'a> {
     fn of(attributes: &'a [KeyValue]) -> Scan<'a> {
         let mut scan = Scan::default();
         for (i, kv) in attributes.iter().enumerate() {
-            let key = kv.key.as_str();
-            // Cheap first test: every key this reads starts with `gen_ai.` or `llm.`.
-            if !(key.starts_with("gen_ai.") || key.starts_with("llm.")) {
-                continue;
-            }
             let value = kv.value.as_ref();
-            let lists = [
-                &INPUT_KEYS,
-                &OUTPUT_KEYS,
-                &CACHE_READ_KEYS,
-                &CACHE_WRITE_KEYS,
-                &REASONING_KEYS,
-            ];
-            if let Some((field, rank)) = lists
-                .iter()
-                .enumerate()
-                .find_map(|(f, keys)| keys.iter().position(|k| *k == key).map(|r| (f, r)))
-            {
-                if scan.counts[field].is_none_or(|(held, _)| rank < held) {
-                    scan.counts[field] = Some((rank, count(value)));
-                }
-            } else if let Some(rank) = MODEL_KEYS.iter().position(|k| *k == key) {
-                if let Some(model) = string_value(value)
-                    && scan.model.is_none_or(|(held, _)| rank < held)
+            match classify(&kv.key) {
+                Some(Key::Count(slot, rank))
+                    if scan.counts[slot].is_none_or(|(held, _)| rank < held) =>
                 {
-                    scan.model = Some((rank, model));
+                    scan.counts[slot] = Some((rank, count(value)));
                 }
-            } else if let Some(slot) = COST_KEYS.iter().position(|k| *k == key) {
-                scan.existing[slot] = Some(i);
+                Some(Key::Model(rank)) if scan.model.is_none_or(|(held, _)| rank < held) => {
+                    if let Some(model) = string_value(value) {
+                        scan.model = Some((rank, model));
+                    }
+                }
+                Some(Key::Cost(slot)) => scan.existing[slot] = Some(i),
+                _ => {}
             }
         }
         scan
@@ -472,6 +474,7 @@ fn price_attributes(attributes: &mut Vec<KeyValue>, table: &PriceTable, tally: &
         return;
     };
     let existing = scan.existing;
+    attributes.reserve(existing.iter().filter(|at| at.is_none()).count());
     let total = cost.total_usd();
     let values = [total, cost.prompt_usd(), cost.completion_usd(), total];
     for ((key, value), at) in COST_KEYS.iter().zip(values).zip(existing) {
