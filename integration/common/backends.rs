@@ -181,7 +181,10 @@ impl Faults {
 
     /// How many requests were refused.
     pub fn refused(&self) -> usize {
-        self.arrivals().iter().filter(|(_, refused)| *refused).count()
+        self.arrivals()
+            .iter()
+            .filter(|(_, refused)| *refused)
+            .count()
     }
 
     /// The fault to answer this request with, if any; records the arrival.
