@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod cost;
 pub mod memory_limiter;
+mod otlp_wire;
 pub mod probabilistic_sampler;
 pub mod redaction;
 pub mod resource;

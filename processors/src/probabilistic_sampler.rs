@@ -27,7 +27,8 @@ use sluice_pipeline::{
     ProcessorFactory, Running, RunningProcessor, Signal, StartError,
 };
 
-use wire::{ItemFields, ItemView, Value};
+use crate::otlp_wire::Value;
+use wire::{ItemFields, ItemView};
 
 /// Configuration of the `probabilistic_sampler` processor.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

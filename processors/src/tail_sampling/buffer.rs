@@ -13,44 +13,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 
 use super::policy::{Policy, TraceView, Vote};
-
-/// A trace id as a map key: the span's 16 bytes (shorter ids are zero-padded, longer ones cut;
-/// both are invalid OTLP, and this keeps such spans together rather than failing them).
-pub type TraceId = [u8; 16];
+use super::spans::{
+    BufferedSpan, Released, TraceId, string_attribute_field, summarize, without_attribute,
+};
 
 /// The attribute `record_policy` adds to sampled spans: the name of the policy that sampled.
 pub const POLICY_ATTRIBUTE: &str = "sluice.sampling.policy";
-
-fn trace_id_of(span: &Span) -> TraceId {
-    let mut id = [0u8; 16];
-    let n = span.trace_id.len().min(16);
-    id[..n].copy_from_slice(&span.trace_id[..n]);
-    id
-}
-
-/// The resource and scope a group of spans arrived under. Shared by every span of the group,
-/// so that a released trace is sent under its original resource and scope.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Origin {
-    pub resource: Option<Resource>,
-    pub resource_schema_url: String,
-    pub scope: Option<InstrumentationScope>,
-    pub scope_schema_url: String,
-}
-
-/// A span and where it came from.
-#[derive(Debug, Clone)]
-pub struct BufferedSpan {
-    pub origin: Arc<Origin>,
-    pub span: Span,
-}
 
 /// The limits of one instance (checked by the config).
 #[derive(Debug, Clone)]
@@ -187,8 +159,9 @@ impl DecisionCache {
 pub struct Buffer {
     limits: Limits,
     policies: Vec<Policy>,
-    /// Each policy's name as an attribute value, for `record_policy`.
-    policy_names: Vec<AnyValue>,
+    /// Each policy's name as an encoded `sluice.sampling.policy` attribute, for
+    /// `record_policy`.
+    policy_attributes: Vec<Arc<[u8]>>,
     traces: HashMap<TraceId, Trace>,
     /// Buffered traces in the order their first span arrived, with their deadlines; entries
     /// of traces decided early stay until they reach the front and are skipped then.
@@ -197,7 +170,7 @@ pub struct Buffer {
     spans: usize,
     cache: DecisionCache,
     /// Sampled spans waiting to be sent.
-    released: Vec<BufferedSpan>,
+    released: Vec<Released>,
     metrics: Metrics,
     /// What the shared gauges were last moved to by this instance.
     published: (i64, i64),
@@ -207,11 +180,9 @@ impl Buffer {
     /// An empty buffer deciding with `policies`.
     pub fn new(limits: Limits, policies: Vec<Policy>, metrics: Metrics) -> Buffer {
         Buffer {
-            policy_names: policies
+            policy_attributes: policies
                 .iter()
-                .map(|p| AnyValue {
-                    value: Some(any_value::Value::StringValue(p.name.clone())),
-                })
+                .map(|p| string_attribute_field(POLICY_ATTRIBUTE, &p.name).into())
                 .collect(),
             cache: DecisionCache::new(limits.sampled_cache_size, limits.non_sampled_cache_size),
             limits,
@@ -238,9 +209,8 @@ impl Buffer {
 
     /// Takes in spans that arrived at `now`: a span of a buffered trace joins it, a span of a
     /// decided trace follows the cached decision (a late span), any other starts a trace.
-    pub fn add(&mut self, now: Instant, spans: impl IntoIterator<Item = BufferedSpan>) {
-        for buffered in spans {
-            let id = trace_id_of(&buffered.span);
+    pub fn add(&mut self, now: Instant, spans: impl IntoIterator<Item = (TraceId, BufferedSpan)>) {
+        for (id, buffered) in spans {
             if let Some(trace) = self.traces.get_mut(&id) {
                 trace.spans.push(buffered);
                 self.spans += 1;
@@ -317,7 +287,7 @@ impl Buffer {
     }
 
     /// Takes the sampled spans waiting to be sent, in the order they were released.
-    pub fn take_released(&mut self) -> Vec<BufferedSpan> {
+    pub fn take_released(&mut self) -> Vec<Released> {
         std::mem::take(&mut self.released)
     }
 
@@ -359,9 +329,13 @@ impl Buffer {
         if let Some(reason) = early {
             self.metrics.decided_early[reason as usize].inc();
         }
+        let mut summaries = Vec::with_capacity(trace.spans.len());
+        let mut attributes = Vec::new();
+        summarize(&trace.spans, &mut summaries, &mut attributes);
         let view = TraceView {
             id: &id,
-            spans: &trace.spans,
+            spans: &summaries,
+            attributes: &attributes,
         };
         let mut sampled_by = None;
         let mut dropped = false;
@@ -374,6 +348,7 @@ impl Buffer {
                 _ => {}
             }
         }
+        drop(attributes);
         let decision = match sampled_by {
             Some(policy) if !dropped => Decision::Sampled(policy),
             _ => Decision::NotSampled,
@@ -394,20 +369,15 @@ impl Buffer {
         }
     }
 
-    fn release(&mut self, mut buffered: BufferedSpan, policy: u32) {
-        if self.limits.record_policy {
-            let value = self.policy_names[policy as usize].clone();
-            let attributes = &mut buffered.span.attributes;
-            match attributes.iter_mut().find(|kv| kv.key == POLICY_ATTRIBUTE) {
-                Some(kv) => kv.value = Some(value),
-                None => attributes.push(KeyValue {
-                    key: POLICY_ATTRIBUTE.to_string(),
-                    value: Some(value),
-                    ..Default::default()
-                }),
-            }
-        }
-        self.released.push(buffered);
+    fn release(&mut self, mut span: BufferedSpan, policy: u32) {
+        let extra = if self.limits.record_policy {
+            // The attribute is appended; one the span already had would be a duplicate key.
+            span.bytes = without_attribute(&span.bytes, POLICY_ATTRIBUTE);
+            Some(self.policy_attributes[policy as usize].clone())
+        } else {
+            None
+        };
+        self.released.push(Released { span, extra });
     }
 
     /// Moves the shared gauges by how much this instance's counts changed.

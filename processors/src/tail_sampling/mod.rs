@@ -2,8 +2,9 @@
 //! passed since its first span, then decides from the whole trace (its errors, its latency,
 //! its attributes) whether to keep it, with the Collector's `tailsamplingprocessor` policies.
 //!
-//! `consume` decodes each request, files its spans under their trace in the [`Buffer`] (with
-//! their resource and scope) and returns: receivers are never held up by the wait. One task
+//! `consume` files the spans of each request under their trace in the [`Buffer`] (encoded, as
+//! they arrived, with their resource and scope: see [`spans`]) and returns: receivers are
+//! never held up by the wait. One task
 //! per instance decides the traces whose wait is over and sends the sampled ones, as
 //! well-formed requests under their original resource and scope, to the next component,
 //! retrying while it refuses retryably. Decisions are remembered in a bounded cache, so spans
@@ -11,22 +12,21 @@
 
 mod buffer;
 mod policy;
+mod spans;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use bytes::Bytes;
 use prometheus::IntCounter;
 use serde::Deserialize;
 use sluice_pipeline::{
     Batch, ComponentSettings, ConfigError, ConsumeError, Consumer, Processor, ProcessorContext,
-    ProcessorFactory, Request, Running, RunningProcessor, Signal, StartError, Telemetry,
+    ProcessorFactory, Running, RunningProcessor, Signal, StartError, Telemetry,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -34,8 +34,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use buffer::POLICY_ATTRIBUTE;
-use buffer::{Buffer, BufferedSpan, Early, Limits, Metrics, Origin};
+use buffer::{Buffer, Early, Limits, Metrics};
 use policy::{Policy, Vote};
+use spans::Released;
 
 /// Configuration of the `tail_sampling` processor.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -324,73 +325,6 @@ pub struct RunningTailSampling {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The spans of `request`, each with a shared handle on its resource and scope.
-fn into_buffered_spans(request: ExportTraceServiceRequest) -> Vec<BufferedSpan> {
-    let mut spans = Vec::new();
-    for resource_spans in request.resource_spans {
-        let ResourceSpans {
-            mut resource,
-            scope_spans,
-            schema_url,
-        } = resource_spans;
-        let last = scope_spans.len().saturating_sub(1);
-        for (i, scope_spans) in scope_spans.into_iter().enumerate() {
-            let origin = Arc::new(Origin {
-                // The last scope takes the resource; the others need a copy each.
-                resource: if i == last {
-                    resource.take()
-                } else {
-                    resource.clone()
-                },
-                resource_schema_url: schema_url.clone(),
-                scope: scope_spans.scope,
-                scope_schema_url: scope_spans.schema_url,
-            });
-            spans.reserve(scope_spans.spans.len());
-            spans.extend(scope_spans.spans.into_iter().map(|span| BufferedSpan {
-                origin: origin.clone(),
-                span,
-            }));
-        }
-    }
-    spans
-}
-
-/// A request holding `spans`, one resource entry per resource and scope they arrived under.
-fn into_request(spans: Vec<BufferedSpan>) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(Arc<Origin>, Vec<Span>)> = Vec::new();
-    // The origins are kept alive by `groups`, so their addresses identify them.
-    let mut index: HashMap<*const Origin, usize> = HashMap::new();
-    for BufferedSpan { origin, span } in spans {
-        let key = Arc::as_ptr(&origin);
-        let i = match groups.last() {
-            Some((last, _)) if Arc::as_ptr(last) == key => groups.len() - 1,
-            _ => *index.entry(key).or_insert_with(|| {
-                groups.push((origin, Vec::new()));
-                groups.len() - 1
-            }),
-        };
-        groups[i].1.push(span);
-    }
-    ExportTraceServiceRequest {
-        resource_spans: groups
-            .into_iter()
-            .map(|(origin, spans)| {
-                let origin = Arc::unwrap_or_clone(origin);
-                ResourceSpans {
-                    resource: origin.resource,
-                    scope_spans: vec![ScopeSpans {
-                        scope: origin.scope,
-                        spans,
-                        schema_url: origin.scope_schema_url,
-                    }],
-                    schema_url: origin.resource_schema_url,
-                }
-            })
-            .collect(),
-    }
-}
-
 #[async_trait]
 impl Consumer for RunningTailSampling {
     async fn consume(&self, batch: Batch) -> Result<(), ConsumeError> {
@@ -410,23 +344,16 @@ impl Consumer for RunningTailSampling {
                 )));
             }
         }
-        let request = match batch.into_request() {
-            Ok(Request::Traces(request)) => request,
-            Ok(other) => {
-                return Err(ConsumeError::Rejected(format!(
-                    "tail_sampling {} takes traces, not {}",
-                    self.id,
-                    other.signal()
-                )));
-            }
-            Err(error) => {
-                return Err(ConsumeError::Rejected(format!(
-                    "tail_sampling {}: {error}",
-                    self.id
-                )));
-            }
-        };
-        let spans = into_buffered_spans(request);
+        if batch.signal() != Signal::Traces {
+            return Err(ConsumeError::Rejected(format!(
+                "tail_sampling {} takes traces, not {}",
+                self.id,
+                batch.signal()
+            )));
+        }
+        let spans = spans::split_request(&batch.to_encoded_bytes()).map_err(|error| {
+            ConsumeError::Rejected(format!("tail_sampling {}: {error}", self.id))
+        })?;
         let wake = {
             let mut buffer = self.shared.buffer();
             let was_idle = buffer.next_deadline().is_none();
@@ -508,7 +435,7 @@ impl ReleaseTask {
         self.deliver(released).await;
     }
 
-    fn take(&self, buffer: &mut Buffer) -> Vec<BufferedSpan> {
+    fn take(&self, buffer: &mut Buffer) -> Vec<Released> {
         let released = buffer.take_released();
         self.shared
             .in_flight
@@ -517,23 +444,29 @@ impl ReleaseTask {
     }
 
     /// Sends `spans` in batches of at most [`MAX_RELEASE_SPANS`].
-    async fn deliver(&self, spans: Vec<BufferedSpan>) {
+    async fn deliver(&self, spans: Vec<Released>) {
         let mut spans = spans.into_iter().peekable();
         while spans.peek().is_some() {
-            let chunk: Vec<BufferedSpan> = spans.by_ref().take(MAX_RELEASE_SPANS).collect();
+            let chunk: Vec<Released> = spans.by_ref().take(MAX_RELEASE_SPANS).collect();
             let count = chunk.len();
-            let batch = Batch::from_request(Request::Traces(into_request(chunk)));
-            self.send(batch).await;
+            let encoded = Bytes::from(spans::encode_request(chunk));
+            match Batch::from_encoded(Signal::Traces, encoded) {
+                Ok(batch) => self.send(batch).await,
+                Err(error) => {
+                    // Built from spans that were well-formed when received: a bug, but one
+                    // that must not take the process down.
+                    self.dropped.inc_by(count as u64);
+                    tracing::error!(processor = %self.id, %error, "dropped a released batch that did not encode");
+                }
+            }
             self.shared.in_flight.fetch_sub(count, Ordering::Relaxed);
         }
     }
 
     /// Hands `batch` to the next component, retrying while it refuses retryably, until it is
     /// taken or shutdown allows a last attempt; what is not taken is dropped and counted.
-    async fn send(&self, mut batch: Batch) {
-        // Each attempt sends a copy; encoded copies share their bytes, so encode once first.
-        // The exporter would encode it anyway.
-        batch.encoded_segments();
+    async fn send(&self, batch: Batch) {
+        // Each attempt sends a copy; the batch is encoded, so copies share their bytes.
         let mut backoff = INITIAL_BACKOFF;
         loop {
             let last_attempt = self.shared.shutdown.is_cancelled();

@@ -19,7 +19,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use regex::RegexSet;
 use serde::Deserialize;
@@ -27,7 +26,8 @@ use serde::de::DeserializeOwned;
 use sluice_pipeline::config::{ConfigError, KeyPath, parse_table};
 use tokio::time::Instant;
 
-use super::buffer::{BufferedSpan, TraceId};
+use super::spans::{Attribute, SpanSummary, TraceId};
+use crate::otlp_wire::Value;
 
 /// A policy's vote on one trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,46 +57,28 @@ impl Vote {
     }
 }
 
-/// A buffered trace as policies see it.
+/// A buffered trace as policies see it: what [`super::spans::summarize`] read from it.
 pub struct TraceView<'a> {
     pub id: &'a TraceId,
-    pub spans: &'a [BufferedSpan],
+    /// One per span.
+    pub spans: &'a [SpanSummary],
+    /// The attributes of every span and of their resources.
+    pub attributes: &'a [Attribute<'a>],
 }
 
 impl TraceView<'_> {
     /// Whether `matches` holds for the value of attribute `key` on any span or on the
     /// resource of any span.
-    fn any_attribute(&self, key: &str, mut matches: impl FnMut(&any_value::Value) -> bool) -> bool {
-        let mut check = |attributes: &[KeyValue]| {
-            attributes
-                .iter()
-                .filter(|kv| kv.key == key)
-                .filter_map(|kv| kv.value.as_ref()?.value.as_ref())
-                .any(&mut matches)
-        };
-        let mut last_origin = None;
-        for buffered in self.spans {
-            if check(&buffered.span.attributes) {
-                return true;
-            }
-            // Spans of one request share their resource: look at each resource once in a row.
-            let origin = std::sync::Arc::as_ptr(&buffered.origin);
-            if last_origin != Some(origin) {
-                last_origin = Some(origin);
-                if let Some(resource) = &buffered.origin.resource
-                    && check(&resource.attributes)
-                {
-                    return true;
-                }
-            }
-        }
-        false
+    fn any_attribute(&self, key: &str, matches: impl Fn(&Value<'_>) -> bool) -> bool {
+        self.attributes
+            .iter()
+            .any(|(k, v)| *k == key.as_bytes() && matches(v))
     }
 
     /// From the earliest start to the latest end of the trace's spans, in nanoseconds.
     fn duration_nanos(&self) -> u64 {
-        let start = self.spans.iter().map(|s| s.span.start_time_unix_nano).min();
-        let end = self.spans.iter().map(|s| s.span.end_time_unix_nano).max();
+        let start = self.spans.iter().map(|s| s.start).min();
+        let end = self.spans.iter().map(|s| s.end).max();
         match (start, end) {
             (Some(start), Some(end)) => end.saturating_sub(start),
             _ => 0,
@@ -192,17 +174,19 @@ impl Rule {
                 let duration = trace.duration_nanos();
                 vote(duration >= *threshold && upper.is_none_or(|upper| duration <= upper))
             }
-            Rule::StatusCode { codes } => vote(trace.spans.iter().any(|s| {
-                let code = s.span.status.as_ref().map_or(0, |status| status.code);
-                codes.iter().any(|c| *c as i32 == code)
-            })),
+            Rule::StatusCode { codes } => vote(
+                trace
+                    .spans
+                    .iter()
+                    .any(|s| codes.iter().any(|c| *c as i32 == s.code)),
+            ),
             Rule::StringAttribute {
                 key,
                 values,
                 invert,
             } => {
                 let found = trace.any_attribute(key, |value| match value {
-                    any_value::Value::StringValue(s) => values.matches(s),
+                    Value::String(s) => std::str::from_utf8(s).is_ok_and(|s| values.matches(s)),
                     _ => false,
                 });
                 vote(found != *invert)
@@ -215,8 +199,8 @@ impl Rule {
             } => {
                 let found = trace.any_attribute(key, |value| {
                     let number = match value {
-                        any_value::Value::IntValue(i) => *i as f64,
-                        any_value::Value::DoubleValue(d) => *d,
+                        Value::Int(i) => *i as f64,
+                        Value::Double(d) => *d,
                         _ => return false,
                     };
                     min.is_none_or(|min| number >= min) && max.is_none_or(|max| number <= max)
@@ -224,10 +208,7 @@ impl Rule {
                 vote(found != *invert)
             }
             Rule::BooleanAttribute { key, value, invert } => {
-                let found = trace.any_attribute(
-                    key,
-                    |v| matches!(v, any_value::Value::BoolValue(b) if b == value),
-                );
+                let found = trace.any_attribute(key, |v| matches!(v, Value::Bool(b) if b == value));
                 vote(found != *invert)
             }
             Rule::Probabilistic { threshold, salt } => vote(
@@ -729,13 +710,14 @@ fn parse_sub_policies(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use bytes::Bytes;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{Span, Status};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use prost::Message;
 
-    use super::super::buffer::Origin;
+    use super::super::spans::{BufferedSpan, split_request, summarize};
     use super::*;
 
     fn policies(toml: &str) -> Result<Vec<Policy>, ConfigError> {
@@ -779,20 +761,25 @@ mod tests {
         }
     }
 
+    /// The spans as the buffer holds them: encoded, under a resource with `resource`.
     fn trace(spans: Vec<Span>, resource: Vec<KeyValue>) -> Vec<BufferedSpan> {
-        let origin = Arc::new(Origin {
-            resource: Some(Resource {
-                attributes: resource,
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
-        spans
+            }],
+        };
+        split_request(&Bytes::from(request.encode_to_vec()))
+            .unwrap()
             .into_iter()
-            .map(|span| BufferedSpan {
-                origin: origin.clone(),
-                span,
-            })
+            .map(|(_, span)| span)
             .collect()
     }
 
@@ -801,7 +788,19 @@ mod tests {
     }
 
     fn vote_on_id(policy: &mut Policy, spans: &[BufferedSpan], id: &TraceId) -> Vote {
-        policy.evaluate(&TraceView { id, spans }, Instant::now())
+        vote_at(policy, spans, id, Instant::now())
+    }
+
+    fn vote_at(policy: &mut Policy, spans: &[BufferedSpan], id: &TraceId, now: Instant) -> Vote {
+        let mut summaries = Vec::new();
+        let mut attributes = Vec::new();
+        summarize(spans, &mut summaries, &mut attributes);
+        let view = TraceView {
+            id,
+            spans: &summaries,
+            attributes: &attributes,
+        };
+        policy.evaluate(&view, now)
     }
 
     fn plain(start: u64, end: u64) -> Span {
@@ -1051,13 +1050,7 @@ mod tests {
         let three = trace(vec![plain(0, 1), plain(0, 1), plain(0, 1)], vec![]);
         let start = Instant::now();
         let at = |p: &mut Policy, ms: u64| {
-            p.evaluate(
-                &TraceView {
-                    id: &[0; 16],
-                    spans: &three,
-                },
-                start + Duration::from_millis(ms),
-            )
+            vote_at(p, &three, &[0; 16], start + Duration::from_millis(ms))
         };
         assert_eq!(at(&mut p, 0), Sampled);
         assert_eq!(at(&mut p, 10), NotSampled, "3 + 3 > 5");
@@ -1065,13 +1058,7 @@ mod tests {
         assert_eq!(at(&mut p, 1000), Sampled, "a new second");
         let two = trace(vec![plain(0, 1), plain(0, 1)], vec![]);
         assert_eq!(
-            p.evaluate(
-                &TraceView {
-                    id: &[0; 16],
-                    spans: &two
-                },
-                start + Duration::from_millis(1001)
-            ),
+            vote_at(&mut p, &two, &[0; 16], start + Duration::from_millis(1001)),
             Sampled,
             "3 + 2 fits"
         );
