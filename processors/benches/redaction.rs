@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use sluice_pipeline::config::ComponentKind;
 use sluice_pipeline::{ComponentSettings, Request};
+use sluice_processors::attributes::AttributesConfig;
 use sluice_processors::redaction::RedactionConfig;
 
 /// Spans per batch: what an SDK's batch span processor sends at once.
@@ -242,9 +243,48 @@ fn redaction(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
+/// Typical enrichment: insert from the resource, hash a user id, extract from the response
+/// id, convert a token count, on chat spans only.
+const ATTRIBUTES_CONFIG: &str = r#"
+[[actions]]
+key = "deployment.environment.name"
+action = "insert"
+from_resource_attribute = "deployment.environment.name"
+[[actions]]
+key = "gen_ai.provider.name"
+action = "hash"
+[[actions]]
+key = "gen_ai.response.id"
+action = "extract"
+pattern = "^(?P<gen_ai.response.id_prefix>[a-z]+)-"
+[[actions]]
+key = "gen_ai.usage.output_tokens"
+action = "convert"
+converted_type = "double"
+[include]
+match_type = "regexp"
+span_names = ["^chat "]
+"#;
+
+fn attributes(c: &mut Criterion<ThreadCpuTime>) {
+    let input = batch();
+    let attributes = AttributesConfig::from_settings(&settings("attributes", ATTRIBUTES_CONFIG))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("attributes");
+    group.throughput(Throughput::Elements(SPANS as u64));
+    group.bench_function("insert_hash_extract_convert", |b| {
+        b.iter_batched_ref(
+            || input.clone(),
+            |request| attributes.apply(request),
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = redaction
+    targets = redaction, attributes
 }
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Sluice's processors: the components between receivers and exporters of a pipeline.
 
+pub mod attributes;
 pub mod batch;
 pub mod cost;
 pub mod memory_limiter;
@@ -11,6 +12,7 @@ pub mod tail_sampling;
 
 /// Adds every processor type of this crate to `registry`.
 pub fn register(registry: &mut sluice_pipeline::Registry) {
+    registry.add_processor(attributes::AttributesProcessorFactory);
     registry.add_processor(batch::BatchProcessorFactory);
     registry.add_processor(cost::CostProcessorFactory);
     registry.add_processor(memory_limiter::MemoryLimiterFactory);
