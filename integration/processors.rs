@@ -804,3 +804,57 @@ exporters = ["hung"]
             > (limit_mib - spike_mib) as f64 * MIB as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_answers_while_the_limiter_refuses_and_counts_the_dropped_telemetry() {
+    let backend = Backend::grpc().await;
+    let addresses = Addresses::free();
+    // A limit below any process's memory: the limiter refuses from its first batch.
+    let config = format!(
+        r#"
+[service]
+admin = "{admin}"
+
+[gateway]
+listen = "{gateway}"
+
+{GATEWAY}
+[processors.memory_limiter]
+check_interval = "50ms"
+limit_mib = 1
+
+[exporters.backend]
+type = "otlp_grpc"
+endpoint = "{backend}"
+
+[pipelines.traces]
+receivers = ["gateway"]
+processors = ["memory_limiter"]
+exporters = ["backend"]
+"#,
+        admin = addresses.admin,
+        gateway = addresses.gateway,
+        backend = backend.url(),
+    );
+    let sluice = Sluice::start(&config, addresses.admin, &[addresses.gateway]);
+    let answer = openai(addresses, "sk-team-a-4f2c9e")
+        .chat()
+        .create(reasoning_chat("o3-mini"))
+        .await
+        .expect("the gateway answers its clients whatever happens to its telemetry");
+    assert!(answer.usage.is_some());
+
+    let refused = "sluice_receiver_refused_items_total{receiver=\"gateway\"";
+    common::wait_for("the gateway to count its refused spans", || {
+        sluice.metric(refused) >= 3.0
+    });
+    assert_eq!(
+        sluice.metric(
+            "sluice_memory_limiter_refused_items_total{processor=\"memory_limiter\",signal=\"traces\"}"
+        ),
+        sluice.metric(refused),
+        "what the limiter refused is what the gateway dropped"
+    );
+    assert_eq!(sluice.metric("sluice_memory_limiter_state"), 2.0);
+    assert_eq!(backend.recorder.snapshot().span_count(), 0);
+}
