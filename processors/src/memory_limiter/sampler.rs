@@ -214,27 +214,16 @@ impl Shared {
         }
     }
 
-    /// One reading, given to every limiter. Above a hard limit the allocator is asked to
-    /// release memory, and the limiters are told the memory in use after that.
-    fn tick(&self) {
-        let limiters = self.live();
-        if limiters.is_empty() {
-            return;
-        }
-        let Some(rss) = self.read() else { return };
+    /// One reading, given to `limiters`; whether it put any of them above its hard limit.
+    fn check(&self, limiters: &[Arc<Limiter>]) -> bool {
+        let Some(rss) = self.read() else {
+            return false;
+        };
         let mut hard = false;
-        for limiter in &limiters {
+        for limiter in limiters {
             hard |= limiter.observe(rss) == State::Hard;
         }
-        if hard {
-            self.memory.release();
-            if let Some(after) = self.read() {
-                tracing::debug!(before = rss, after, "memory_limiter released memory");
-                for limiter in &limiters {
-                    limiter.observe(after);
-                }
-            }
-        }
+        hard
     }
 
     /// The shortest check interval of the live limiters.
@@ -253,8 +242,29 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             () = shared.changed.notified() => continue,
-            () = tokio::time::sleep(interval) => shared.tick(),
+            () = tokio::time::sleep(interval) => tick(&shared).await,
         }
+    }
+}
+
+/// One check. Above a hard limit the allocator is asked to release memory and the limiters
+/// are told the memory in use after that.
+async fn tick(shared: &Arc<Shared>) {
+    let limiters = shared.live();
+    if limiters.is_empty() || !shared.check(&limiters) {
+        return;
+    }
+    let before = shared.rss.load(Ordering::Relaxed);
+    let releasing = Arc::clone(shared);
+    // malloc_trim walks the whole heap, which takes a while on a large one: not on the
+    // async workers.
+    if tokio::task::spawn_blocking(move || releasing.memory.release())
+        .await
+        .is_ok()
+    {
+        shared.check(&limiters);
+        let after = shared.rss.load(Ordering::Relaxed);
+        tracing::debug!(before, after, "memory_limiter released memory");
     }
 }
 
