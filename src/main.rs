@@ -1,6 +1,7 @@
 //! The `sluice` binary: parses the command line and wires the component crates into the
 //! pipeline core. All behaviour lives in the crates; this file only connects them.
 
+mod admin_client;
 mod serve;
 
 use std::future::Future;
@@ -70,6 +71,13 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Shows what a running sluice is doing: a table per pipeline with each component's
+    /// counters, exporter states and queue fill (or the admin API's JSON with --json).
+    Status(admin_client::StatusArgs),
+    /// Streams the items leaving a component of a running sluice, until --limit or Ctrl-C.
+    Tap(admin_client::TapArgs),
+    /// Asks a running sluice to reload its configuration file, and prints what changed.
+    Reload(admin_client::ReloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +88,9 @@ fn main() -> ExitCode {
         Command::Check { config, timeout } => check(&config, timeout),
         Command::Test { config, tests } => test(&config, &tests),
         Command::Run { config, watch } => run(config, watch),
+        Command::Status(args) => admin_client::status(args),
+        Command::Tap(args) => admin_client::tap(args),
+        Command::Reload(args) => admin_client::reload(args),
     }
 }
 
