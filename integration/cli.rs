@@ -365,6 +365,64 @@ async fn tap_prints_exactly_limit_items_as_ndjson_and_where_filters_them() {
     );
 }
 
+/// Starts `sluice tap batch` without a limit and waits until it is tapping.
+async fn tapping(running: &Running) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(sluice_binary())
+        .args(["tap", "batch", "--admin", &running.admin.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (line, reader) = tokio::time::timeout(
+        PATIENCE,
+        tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            (line, reader)
+        }),
+    )
+    .await
+    .expect("sluice tap says it is tapping")
+    .unwrap();
+    assert!(line.starts_with("tapping "), "{line}");
+    (child, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_ends_with_success_on_ctrl_c_and_with_failure_when_sluice_goes_away() {
+    let mut running = start("").await;
+
+    let (child, _) = tapping(&running).await;
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let finished = finish(child, &["tap"]).await;
+    assert_eq!(
+        finished.status.code(),
+        Some(0),
+        "Ctrl-C ends a tap normally"
+    );
+
+    let (child, mut stderr) = tapping(&running).await;
+    running.sluice.kill();
+    let finished = finish(child, &["tap"]).await;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(finished.status.code(), Some(1));
+    assert!(
+        rest.starts_with(&format!(
+            "lost the connection to the admin API at {}",
+            running.admin
+        )),
+        "{rest}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_prints_what_changed_or_why_nothing_did() {
     let running = start("").await;

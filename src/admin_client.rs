@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
 /// The admin address when neither `--admin` nor `--config` says otherwise: the default of
@@ -158,7 +159,7 @@ pub enum AdminError {
     TokenInvalid,
     #[error("the admin API at {address} did not answer within {} s", .after.as_secs())]
     Timeout { address: String, after: Duration },
-    #[error("lost the connection to the admin API at {address}: {reason}")]
+    #[error("lost the connection to the admin API at {address} ({reason}): did sluice stop?")]
     Lost { address: String, reason: String },
     #[error("the admin API at {address} answered {status}: {body}")]
     Unexpected {
@@ -166,6 +167,8 @@ pub enum AdminError {
         status: StatusCode,
         body: String,
     },
+    #[error("cannot listen for Ctrl-C: {0}")]
+    Signal(String),
     #[error("{0}")]
     Config(String),
     #[error("the admin API is disabled in {0} (service.admin = \"\"): pass --admin ADDR")]
@@ -478,6 +481,10 @@ fn is_item(line: &[u8]) -> bool {
 pub fn tap(args: TapArgs) -> ExitCode {
     run_client(async move {
         let path = tap_path(&args);
+        // Listening for Ctrl-C from the start, not from the first poll of a `ctrl_c()`
+        // future: a SIGINT right after "tapping" is printed still ends the tap normally.
+        let mut interrupt =
+            signal(SignalKind::interrupt()).map_err(|e| AdminError::Signal(e.to_string()))?;
         let client = AdminClient::from_args(args.admin)?;
         let answer = tokio::time::timeout(STATUS_TIMEOUT, client.send(Method::GET, &path))
             .await
@@ -522,7 +529,7 @@ pub fn tap(args: TapArgs) -> ExitCode {
                 Err(StreamEnd::StdoutClosed) => Ok(ExitCode::SUCCESS),
                 Err(StreamEnd::Failed(error)) => Err(error),
             },
-            _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+            _ = interrupt.recv() => Ok(ExitCode::SUCCESS),
         }
     })
 }
