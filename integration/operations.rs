@@ -436,3 +436,31 @@ async fn tap_streams_what_leaves_a_component_and_the_token_guards_the_admin_api(
     assert_eq!(unknown.status().as_u16(), 404);
     assert!(unknown.text().await.unwrap().contains("processor/batch"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_sluice_while_a_tap_is_open() {
+    let backend = Backend::grpc().await;
+    let (admin, grpc) = (local(free_port()), local(free_port()));
+    let config = format!(
+        "[service]\nadmin = \"{admin}\"\n[receivers.otlp]\ngrpc = \"{grpc}\"\n\
+         [exporters.main]\ntype = \"otlp_grpc\"\nendpoint = \"{url}\"\n\
+         [pipelines.traces]\nreceivers = [\"otlp\"]\nexporters = [\"main\"]\n",
+        url = backend.url()
+    );
+    let mut sluice = Sluice::start(&config, admin, &[grpc]);
+    // A viewer with no limit, which would never hang up by itself.
+    let mut tap = reqwest::Client::new()
+        .get(format!("http://{admin}/tap?component=otlp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tap.status().as_u16(), 200);
+    let stopped = tokio::task::spawn_blocking(move || sluice.terminate());
+    let status = tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .expect("sluice stops within 30 s although a tap is open")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // The tap's stream ended rather than being cut.
+    assert!(matches!(tap.chunk().await, Ok(None) | Err(_)));
+}

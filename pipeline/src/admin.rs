@@ -349,7 +349,7 @@ fn unauthorized() -> Response {
 }
 
 /// Streams what leaves a component: `?component=NAME&format=json|text&limit=N&where=K=V&rate=N`.
-fn tap(telemetry: &Telemetry, uri: &Uri) -> Response {
+fn tap(telemetry: &Telemetry, uri: &Uri, stop: CancellationToken) -> Response {
     let Some(component) = query_param(uri, "component") else {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -423,6 +423,9 @@ fn tap(telemetry: &Telemetry, uri: &Uri) -> Response {
                     continue;
                 }
                 _ = lines.closed() => return,
+                // The admin server is stopping: end the stream so shutdown need not wait for
+                // a viewer that would never hang up.
+                _ = stop.cancelled() => return,
             };
             for line in render_items(&name, batch, format, filter.as_ref()) {
                 if budget == 0 {
@@ -471,8 +474,8 @@ impl AdminServer {
             message: format!("cannot listen on {address}: {e}"),
         })?;
         let address = listener.local_addr().unwrap_or(address);
-        let router = router(telemetry, info, reload);
         let stop = CancellationToken::new();
+        let router = router(telemetry, info, reload, stop.clone());
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, router)
@@ -505,7 +508,12 @@ impl AdminServer {
     }
 }
 
-fn router(telemetry: Telemetry, info: ServiceInfo, reload: mpsc::Sender<ReloadRequest>) -> Router {
+fn router(
+    telemetry: Telemetry,
+    info: ServiceInfo,
+    reload: mpsc::Sender<ReloadRequest>,
+    stop: CancellationToken,
+) -> Router {
     let ready = info.clone();
     let status = (telemetry.clone(), info.clone());
     let metrics = (telemetry.clone(), info.clone());
@@ -590,11 +598,12 @@ fn router(telemetry: Telemetry, info: ServiceInfo, reload: mpsc::Sender<ReloadRe
             "/tap",
             get(move |headers: HeaderMap, uri: Uri| {
                 let (telemetry, info) = taps.clone();
+                let stop = stop.clone();
                 async move {
                     if !info.authorized(&headers) {
                         return unauthorized();
                     }
-                    tap(&telemetry, &uri)
+                    tap(&telemetry, &uri, stop)
                 }
             }),
         )
