@@ -319,6 +319,41 @@ ignored_keys = ["trusted"]"#,
 }
 
 #[test]
+fn key_rules_hold_for_every_span_and_past_the_remembered_keys() {
+    // Key rules are remembered per request; more distinct keys than are remembered must be
+    // judged just as well, in every span, whichever span saw a key first.
+    let r = redactor(
+        r#"allowed_keys = ["keep", "db.password", "trusted"]
+ignored_keys = ["trusted"]
+blocked_keys = ["password"]"#,
+    );
+    let spans: Vec<Span> = (0..400)
+        .map(|i| {
+            span(vec![
+                string(&format!("other.{i}"), "x"),
+                string("keep", EMAIL),
+                string("db.password", "hunter2"),
+                string("trusted", EMAIL),
+            ])
+        })
+        .collect();
+    let mut request = traces(vec![], spans);
+    let tally = r.redact(&mut request);
+    let Request::Traces(request) = request else {
+        unreachable!("redaction keeps the signal")
+    };
+    let spans = &request.resource_spans[0].scope_spans[0].spans;
+    assert_eq!(spans.len(), 400);
+    for s in spans {
+        assert_eq!(keys(&s.attributes)[..2], ["keep", "trusted"], "{s:?}");
+        assert_eq!(get_str(&s.attributes, "keep"), Some(MASK));
+        assert_eq!(get_str(&s.attributes, "trusted"), Some(EMAIL));
+    }
+    assert_eq!(tally.not_allowed, 400);
+    assert_eq!(tally.blocked_key, 400);
+}
+
+#[test]
 fn blocked_keys_remove_attributes_even_when_allowed_and_inside_key_value_lists() {
     let r = redactor(
         r#"allow_all_keys = true
