@@ -266,19 +266,54 @@ match_type = "regexp"
 span_names = ["^chat "]
 "#;
 
+/// Everyday enrichment without hashing or regex captures: insert from the resource, upsert a
+/// literal, rename, delete, convert, on chat spans only.
+const ATTRIBUTES_TYPICAL_CONFIG: &str = r#"
+[[actions]]
+key = "deployment.environment.name"
+action = "insert"
+from_resource_attribute = "deployment.environment.name"
+[[actions]]
+key = "team"
+action = "upsert"
+value = "assistants"
+[[actions]]
+key = "server.address"
+action = "rename"
+new_key = "net.peer.name"
+[[actions]]
+key = "gen_ai.response.id"
+action = "delete"
+[[actions]]
+key = "gen_ai.usage.output_tokens"
+action = "convert"
+converted_type = "double"
+[include]
+match_type = "regexp"
+span_names = ["^chat "]
+"#;
+
 fn attributes(c: &mut Criterion<ThreadCpuTime>) {
     let input = batch();
-    let attributes = AttributesConfig::from_settings(&settings("attributes", ATTRIBUTES_CONFIG))
-        .unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group("attributes");
     group.throughput(Throughput::Elements(SPANS as u64));
-    group.bench_function("insert_hash_extract_convert", |b| {
-        b.iter_batched_ref(
-            || input.clone(),
-            |request| attributes.apply(request),
-            BatchSize::LargeInput,
-        )
-    });
+    for (name, toml) in [
+        ("insert_hash_extract_convert", ATTRIBUTES_CONFIG),
+        (
+            "insert_upsert_rename_delete_convert",
+            ATTRIBUTES_TYPICAL_CONFIG,
+        ),
+    ] {
+        let attributes = AttributesConfig::from_settings(&settings("attributes", toml))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || input.clone(),
+                |request| attributes.apply(request),
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -222,6 +222,8 @@ enum Op {
     Extract {
         key: String,
         pattern: Regex,
+        /// The named groups: index and name, looked up once at build time.
+        groups: Vec<(usize, String)>,
     },
     Convert {
         key: String,
@@ -468,7 +470,16 @@ fn compile_action(path: &KeyPath, action: &ActionConfig) -> Result<Op, ConfigErr
                     "has no named group: write `(?P<new_key>...)` for each attribute to extract",
                 ));
             }
-            Op::Extract { key, pattern }
+            let groups = pattern
+                .capture_names()
+                .enumerate()
+                .filter_map(|(index, name)| Some((index, name?.to_string())))
+                .collect();
+            Op::Extract {
+                key,
+                pattern,
+                groups,
+            }
         }
         ActionKind::Convert => Op::Convert {
             key: required("key", &action.key)?,
@@ -578,10 +589,10 @@ fn as_text(value: &Value) -> Option<String> {
     }
 }
 
-/// SHA-256 in hex of the value's bytes, as the Collector's attributes processor: a string's
-/// UTF-8, an integer's or double's 8 little-endian bytes, a boolean's one byte. Other values
-/// (arrays, maps) are left as they are.
-fn sha256_hex(value: &Value) -> Option<String> {
+/// SHA-256 of the value's bytes, as the Collector's attributes processor: a string's UTF-8,
+/// an integer's or double's 8 little-endian bytes, a boolean's one byte. Other values (arrays,
+/// maps) are left as they are.
+fn sha256(value: &Value) -> Option<[u8; 32]> {
     let digest = match value {
         Value::StringValue(s) => Sha256::digest(s.as_bytes()),
         Value::BytesValue(b) => Sha256::digest(b),
@@ -590,7 +601,25 @@ fn sha256_hex(value: &Value) -> Option<String> {
         Value::DoubleValue(d) => Sha256::digest(d.to_bits().to_le_bytes()),
         _ => return None,
     };
-    Some(hex::encode(digest))
+    Some(digest.into())
+}
+
+/// Replaces `value` with the lowercase hex of `digest`, reusing a string value's buffer.
+/// (`hex::encode` collects `char`s one by one and cost as much as a one-block SHA-256.)
+fn set_hex(value: &mut Value, digest: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = match std::mem::replace(value, Value::BoolValue(false)) {
+        Value::StringValue(mut text) => {
+            text.clear();
+            text
+        }
+        _ => String::with_capacity(digest.len() * 2),
+    };
+    for &byte in digest {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    *value = Value::StringValue(text);
 }
 
 /// `value` converted to `to`, or `None` when it cannot be (the attribute is then left alone).
@@ -766,31 +795,35 @@ fn apply_op(op: &Op, attributes: &mut Vec<KeyValue>, resource: &[KeyValue]) -> u
             let mut changed = 0;
             for attribute in attributes.iter_mut().filter(|a| keys.matches(&a.key)) {
                 if let Some(value) = attribute.value.as_mut().and_then(|v| v.value.as_mut())
-                    && let Some(hashed) = sha256_hex(value)
+                    && let Some(digest) = sha256(value)
                 {
-                    *value = Value::StringValue(hashed);
+                    set_hex(value, &digest);
                     changed += 1;
                 }
             }
             changed
         }
-        Op::Extract { key, pattern } => {
+        Op::Extract {
+            key,
+            pattern,
+            groups,
+        } => {
             let Some(Value::StringValue(text)) = get(attributes, key) else {
                 return 0;
             };
             let Some(captures) = pattern.captures(text) else {
                 return 0;
             };
-            let extracted: Vec<(String, String)> = pattern
-                .capture_names()
-                .flatten()
-                .filter_map(|name| {
-                    Some((name.to_string(), captures.name(name)?.as_str().to_string()))
+            // Owned, as the text is borrowed from the attributes the values go into.
+            let extracted: Vec<(&str, String)> = groups
+                .iter()
+                .filter_map(|(index, name)| {
+                    Some((name.as_str(), captures.get(*index)?.as_str().to_string()))
                 })
                 .collect();
             let count = extracted.len() as u64;
             for (name, value) in extracted {
-                upsert(attributes, &name, Value::StringValue(value));
+                upsert(attributes, name, Value::StringValue(value));
             }
             count
         }

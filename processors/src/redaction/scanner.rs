@@ -292,7 +292,12 @@ impl Replacement {
             Replacement::Hash(keyed) => {
                 let mut mac = keyed.clone();
                 mac.update(secret.as_bytes());
-                out.push_str(&hex::encode(mac.finalize().into_bytes()));
+                // By hand: `hex::encode` collects `char`s one by one into a new `String`.
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                for byte in mac.finalize().into_bytes() {
+                    out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+                    out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+                }
             }
         }
     }
