@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Keys};
-use crate::config::{CaptureContent, GatewayConfig};
+use crate::config::{CaptureContent, GatewayConfig, SamplerKind};
 use crate::event::{
     Attempt, Content, EventError, Message, Operation, RequestEvent, RequestParameters, Timings,
     TraceIds, TraceMetadata, Usage, now_unix_nano,
@@ -154,6 +154,30 @@ impl Gateway {
             )
             .expect("a static, valid metric name")
         });
+        // The sampler in effect, for /status and dashboards: 1 for the sampler named, its
+        // ratio as the value (1 always on, 0 always off).
+        let sampler = telemetry.metric("sluice_gateway_trace_sampler", || {
+            prometheus::GaugeVec::new(
+                prometheus::Opts::new(
+                    "sluice_gateway_trace_sampler",
+                    "The gateway's trace sampler (label) and the share of root traces it keeps.",
+                ),
+                &["sampler"],
+            )
+            .expect("a static, valid metric name")
+        });
+        sampler.reset();
+        let (sampler_name, kept) = match config.tracing.sampler {
+            SamplerKind::AlwaysOn => ("always_on", 1.0),
+            SamplerKind::AlwaysOff => ("always_off", 0.0),
+            SamplerKind::Traceidratio => ("traceidratio", config.tracing.sampler_arg),
+            SamplerKind::ParentbasedAlwaysOn => ("parentbased_always_on", 1.0),
+            SamplerKind::ParentbasedAlwaysOff => ("parentbased_always_off", 0.0),
+            SamplerKind::ParentbasedTraceidratio => {
+                ("parentbased_traceidratio", config.tracing.sampler_arg)
+            }
+        };
+        sampler.with_label_values(&[sampler_name]).set(kept);
         let shared = Shared {
             capture_content: config.capture_content,
             capture_headers: config
