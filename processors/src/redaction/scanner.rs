@@ -346,8 +346,10 @@ pub struct PatternError {
 pub struct Scanner {
     /// The enabled detectors' patterns.
     detectors: Vec<Pattern>,
-    /// The configured `blocked_values`: `blocked_set` finds which of `blocked` match.
+    /// The configured `blocked_values`: `blocked_set` finds which of `blocked` match, on the
+    /// values `blocked_gate` lets through.
     blocked_set: Option<RegexSet>,
+    blocked_gate: BlockedGate,
     blocked: Vec<Pattern>,
     /// Matches of these are left alone even when a rule matches inside them.
     allowed: Vec<Regex>,
@@ -427,6 +429,7 @@ impl Scanner {
         Ok(Scanner {
             detectors: patterns,
             blocked_set,
+            blocked_gate: BlockedGate::new(blocked_values),
             blocked,
             allowed,
             allowed_set,
@@ -452,6 +455,7 @@ impl Scanner {
             }
         }
         if let Some(set) = &self.blocked_set
+            && self.blocked_gate.may_match(text)
             && set.is_match(text)
         {
             for index in set.matches(text).iter() {
@@ -503,6 +507,77 @@ impl Scanner {
         }
         out.push_str(&text[at..]);
         out
+    }
+}
+
+/// Decides before the `blocked_values` set runs whether a value could hold a match at all:
+/// most values are too short for any pattern, or lack every literal a match must start with.
+/// Both are read from the patterns' syntax, so the gate is never narrower than the set.
+struct BlockedGate {
+    /// No match of any pattern is shorter than this many bytes.
+    min_len: usize,
+    /// Every match of every pattern starts with one of these. `None` when some pattern has
+    /// no such literals (`[a-z]+@x`, `.*secret`), or too many to search for one by one:
+    /// then the set runs on every value of at least `min_len` bytes.
+    prefixes: Option<Vec<memchr::memmem::Finder<'static>>>,
+}
+
+/// More required prefixes than this and searching for each costs more than the set's own
+/// prefilter, which finds them all in one pass.
+const MAX_BLOCKED_PREFIXES: usize = 8;
+
+impl BlockedGate {
+    fn new(sources: &[String]) -> BlockedGate {
+        let always = BlockedGate {
+            min_len: 0,
+            prefixes: None,
+        };
+        let mut min_len = usize::MAX;
+        let mut prefixes: Option<Vec<Vec<u8>>> = Some(Vec::new());
+        for source in sources {
+            // The same syntax and defaults as the `regex` crate compiling the set; a pattern
+            // it cannot read (none: each was compiled already) disables the gate.
+            let Ok(hir) = regex_syntax::parse(source) else {
+                return always;
+            };
+            // `None`: the pattern matches nothing, so it widens nothing.
+            let Some(pattern_min) = hir.properties().minimum_len() else {
+                continue;
+            };
+            min_len = min_len.min(pattern_min);
+            let mut seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+            // May shorten literals (each still starts every match) or give up on them.
+            seq.optimize_for_prefix_by_preference();
+            match (seq.literals(), &mut prefixes) {
+                (Some(literals), Some(all)) if literals.iter().all(|l| !l.is_empty()) => {
+                    for literal in literals {
+                        if !all.iter().any(|known| known == literal.as_bytes()) {
+                            all.push(literal.as_bytes().to_vec());
+                        }
+                    }
+                }
+                _ => prefixes = None,
+            }
+        }
+        BlockedGate {
+            min_len,
+            prefixes: prefixes
+                .filter(|all| all.len() <= MAX_BLOCKED_PREFIXES)
+                .map(|all| {
+                    all.iter()
+                        .map(|literal| memchr::memmem::Finder::new(literal).into_owned())
+                        .collect()
+                }),
+        }
+    }
+
+    fn may_match(&self, text: &str) -> bool {
+        text.len() >= self.min_len
+            && self.prefixes.as_ref().is_none_or(|prefixes| {
+                prefixes
+                    .iter()
+                    .any(|finder| finder.find(text.as_bytes()).is_some())
+            })
     }
 }
 
@@ -1128,6 +1203,147 @@ mod tests {
             "a **** and ****!"
         );
         assert_eq!(scanner.rule_names()[hits[0].rule], BLOCKED_VALUES);
+    }
+
+    /// `text` with what `blocked_values` find masked.
+    fn blocked_masked(blocked_values: &[&str], text: &str) -> String {
+        let patterns: Vec<String> = blocked_values.iter().map(|p| p.to_string()).collect();
+        let scanner = Scanner::new(&[], &patterns, &[]).unwrap();
+        let mut hits = Vec::new();
+        if scanner.scan(text, &mut hits) {
+            Scanner::replace(text, &hits, &Replacement::Mask)
+        } else {
+            text.to_string()
+        }
+    }
+
+    const ISSUE_BLOCKED_VALUES: [&str; 2] = ["sk-[A-Za-z0-9_-]{20,}", "AKIA[0-9A-Z]{16}"];
+
+    #[test]
+    fn blocked_values_gate_reads_the_shortest_match_and_required_prefixes() {
+        let sources = ISSUE_BLOCKED_VALUES.map(String::from);
+        let gate = BlockedGate::new(&sources);
+        assert_eq!(gate.min_len, 20);
+        let prefixes: Vec<&[u8]> = gate
+            .prefixes
+            .as_ref()
+            .expect("both patterns start with a literal")
+            .iter()
+            .map(|f| f.needle())
+            .collect();
+        assert_eq!(prefixes, [&b"sk-"[..], b"AKIA"]);
+        // A pattern without a literal every match starts with turns the prefix search off.
+        let gate = BlockedGate::new(&["sk-[a-z]{4}".into(), "[a-z]+-token".into()]);
+        assert!(gate.prefixes.is_none());
+        assert_eq!(gate.min_len, 7);
+    }
+
+    #[test]
+    fn blocked_values_are_found_at_the_start_and_end_and_at_exactly_the_shortest_length() {
+        let key = "AKIAIOSFODNN7EXAMPL1";
+        assert_eq!(key.len(), 20);
+        let b = &ISSUE_BLOCKED_VALUES;
+        assert_eq!(blocked_masked(b, key), "****");
+        assert_eq!(blocked_masked(b, &key[..19]), &key[..19]);
+        assert_eq!(blocked_masked(b, &format!("{key} tail")), "**** tail");
+        assert_eq!(blocked_masked(b, &format!("head {key}")), "head ****");
+        let sk = "sk-abcdefghij0123456789";
+        assert_eq!(sk.len(), 23);
+        assert_eq!(blocked_masked(b, sk), "****");
+        assert_eq!(
+            blocked_masked(b, &format!("{}{sk}", "x ".repeat(100))),
+            format!("{}****", "x ".repeat(100))
+        );
+        // A one-byte pattern and a value of one byte.
+        assert_eq!(blocked_masked(&["#"], "#"), "****");
+        // The shortest match counts bytes: `é` is two.
+        assert_eq!(blocked_masked(&["é[0-9]{2}"], "é12"), "****");
+    }
+
+    #[test]
+    fn blocked_values_without_required_literals_still_run_on_every_value() {
+        assert_eq!(
+            blocked_masked(&["[a-z]+-token"], "my api-token!"),
+            "my ****!"
+        );
+        assert_eq!(
+            blocked_masked(&["(?i)secret-[0-9]+"], "a SeCrEt-42"),
+            "a ****"
+        );
+        assert_eq!(
+            blocked_masked(&["[0-9]{3}-[0-9]{4}"], "call 555-1234"),
+            "call ****"
+        );
+        assert_eq!(
+            blocked_masked(&["sk-[a-z]{4}", ".*password=\\S+"], "x password=hunter2"),
+            "****"
+        );
+        // A pattern matching nothing neither opens nor closes the gate for the others.
+        assert_eq!(
+            blocked_masked(&["[^\\x00-\\x{10FFFF}]", "abc"], "xabcx"),
+            "x****x"
+        );
+        assert_eq!(
+            blocked_masked(&["foo|barbaz", "^id=[0-9]{6}$"], "a barbaz"),
+            "a ****"
+        );
+        assert_eq!(
+            blocked_masked(&["foo|barbaz", "^id=[0-9]{6}$"], "id=123456"),
+            "****"
+        );
+    }
+
+    #[test]
+    fn blocked_values_gate_never_closes_on_a_value_the_set_matches() {
+        let patterns = [
+            "sk-[A-Za-z0-9_-]{20,}",
+            "AKIA[0-9A-Z]{16}",
+            "(?i)token",
+            "foo|barbaz",
+            "x{3,}y?",
+            "[0-9]{4}",
+            "\\bkey\\b",
+            "é.",
+            "(?m)^line$",
+        ];
+        let texts = [
+            "",
+            "a",
+            "xxx",
+            "xxxy",
+            "TOKEN",
+            "tOkEn",
+            "1234",
+            "123",
+            "barbaz",
+            "fo",
+            "a key b",
+            "keys",
+            "é",
+            "éa",
+            "é\n",
+            "x\nline\ny",
+            "line",
+            "AKIAIOSFODNN7EXAMPLE",
+            "sk-abcdefghij0123456789",
+            "sk-abcdefghij012345678",
+        ];
+        for pattern in patterns {
+            let set = RegexSet::new([pattern]).unwrap();
+            let gate = BlockedGate::new(&[pattern.to_string()]);
+            for text in texts {
+                for wrapped in [
+                    text.to_string(),
+                    format!("  {text}  "),
+                    format!("{text}{text}"),
+                ] {
+                    assert!(
+                        gate.may_match(&wrapped) || !set.is_match(&wrapped),
+                        "{pattern:?} on {wrapped:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
