@@ -205,13 +205,13 @@ impl Signs {
             at += LANES;
             blocks += 1;
             if blocks == u8::MAX {
-                digits += lane_digits.iter().map(|&d| usize::from(d)).sum::<usize>();
+                digits += Signs::sum_lanes(&lane_digits);
                 lane_digits = [0; LANES];
                 blocks = 0;
             }
         }
-        digits += lane_digits.iter().map(|&d| usize::from(d)).sum::<usize>();
-        let mut bits = lane_bits.iter().fold(0, |bits, lane| bits | lane);
+        digits += Signs::sum_lanes(&lane_digits);
+        let mut bits = Signs::or_lanes(&lane_bits);
         // A colon opening the value (`::1`) has the start of the value on its left.
         if n >= 2 && bytes[0] == b':' && Signs::hexish(bytes[1]) {
             bits |= Signs::HEX_COLON;
@@ -245,6 +245,37 @@ impl Signs {
                 | (u8::from(colon) * Signs::HEX_COLON);
             lane_digits[i] += u8::from(digit(a));
         }
+    }
+
+    /// The lanes eight at a time in a `u64`: summing or or-ing them byte by byte compiled to
+    /// a chain of extracts and widenings that cost as much as a block.
+    #[inline(always)]
+    fn words(lanes: &[u8; LANES]) -> impl Iterator<Item = u64> + '_ {
+        lanes
+            .chunks_exact(8)
+            .map(|word| u64::from_le_bytes(word.try_into().expect("chunks of 8 bytes")))
+    }
+
+    #[inline(always)]
+    fn or_lanes(lanes: &[u8; LANES]) -> u8 {
+        let mut word = Signs::words(lanes).fold(0, |all, word| all | word);
+        word |= word >> 32;
+        word |= word >> 16;
+        word |= word >> 8;
+        word as u8
+    }
+
+    /// Each word's bytes added in pairs into 16-bit lanes (at most 510 each), then the four
+    /// lanes added by one multiplication into the top 16 bits (at most 2,040).
+    #[inline(always)]
+    fn sum_lanes(lanes: &[u8; LANES]) -> usize {
+        const LOW_BYTES: u64 = 0x00ff_00ff_00ff_00ff;
+        Signs::words(lanes)
+            .map(|word| {
+                let pairs = (word & LOW_BYTES) + ((word >> 8) & LOW_BYTES);
+                (pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48) as usize
+            })
+            .sum()
     }
 
     /// `0`..=`f` holds the digits, `:`, `A`-`F` and `a`-`f` (and some punctuation and
