@@ -10,7 +10,8 @@
 //! the e-mail one have no literal to skip ahead with, so its automaton walks every byte; a
 //! separate SIMD search per gate costs more in call setup than in scanning on the short
 //! strings most attributes hold.) The configured `blocked_values` are one `RegexSet`: one
-//! pass over the value for all of them.
+//! pass over the value for all of them, run only on values as long as their shortest match
+//! and holding a literal their matches start with ([`BlockedGate`]).
 //!
 //! Some detectors' regexes only find candidates, which a check then confirms: a credit card
 //! number must pass the Luhn check, an IPv6 candidate must parse as an address. Values are
