@@ -309,11 +309,17 @@ impl Service {
     ) -> Result<(), StartError> {
         let mut old = std::mem::take(&mut self.pipelines);
         for pipeline in planned {
-            let previous = old
-                .remove(&pipeline.name)
-                .filter(|p| p.signal == pipeline.signal);
-            let mut reusable: Vec<RunningProcessorEntry> =
-                previous.map(|p| p.processors).unwrap_or_default();
+            let mut reusable: Vec<RunningProcessorEntry> = match old.remove(&pipeline.name) {
+                Some(previous) if previous.signal == pipeline.signal => previous.processors,
+                // Same name, another signal: nothing carries over, and what it held is flushed.
+                Some(previous) => {
+                    for entry in previous.processors {
+                        retired.processors.push((entry.id, entry.instance));
+                    }
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
             let outputs = pipeline
                 .exporters
                 .iter()
@@ -890,5 +896,30 @@ mod tests {
         assert_eq!(harness.take_log(), ["stop processor a"]);
         service.shutdown(deadline()).await;
         assert_eq!(harness.take_log(), ["stop receiver in", "stop processor b"]);
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_that_changes_signal_flushes_and_stops_its_old_processors() {
+        let harness = Harness::new();
+        let deadline = || Instant::now() + std::time::Duration::from_secs(5);
+        let text = |signal: &str| {
+            format!(
+                "[receivers.in]\n[processors.b]\ntype = \"naming\"\n[exporters.out]\n\
+                 [pipelines.main]\nsignal = \"{signal}\"\nreceivers = [\"in\"]\n\
+                 processors = [\"b\"]\nexporters = [\"out\"]\n"
+            )
+        };
+        let mut service = Service::start(harness.plan(&text("traces")), &Telemetry::new())
+            .await
+            .unwrap();
+        harness.take_log();
+        service
+            .reload(harness.plan(&text("logs")), deadline())
+            .await
+            .unwrap();
+        let log = harness.take_log();
+        assert!(log.contains(&"stop processor b".to_string()), "{log:?}");
+        assert!(log.contains(&"start processor b".to_string()), "{log:?}");
+        service.shutdown(deadline()).await;
     }
 }
