@@ -31,6 +31,55 @@ pub fn default_compression_level() -> u32 {
     1
 }
 
+/// An OTLP exporter's compression, timeout and headers: the config's where it sets them, else
+/// the `OTEL_EXPORTER_OTLP_*` environment's, else the defaults (explicit config wins).
+pub struct ResolvedSettings {
+    pub compression: Compression,
+    pub timeout: Duration,
+    pub headers: BTreeMap<String, Secret>,
+}
+
+impl ResolvedSettings {
+    /// Resolves the three settings of `settings` against `env`, naming the key in errors.
+    pub fn resolve(
+        settings: &ComponentSettings,
+        env: &crate::otlp_env::OtlpEnv,
+        compression: Option<Compression>,
+        timeout: Option<Duration>,
+        headers: Option<BTreeMap<String, Secret>>,
+    ) -> Result<ResolvedSettings, ConfigError> {
+        let compression = match compression {
+            Some(compression) => compression,
+            None => env
+                .compression(None)
+                .map_err(|m| settings.error("compression", m))?
+                .unwrap_or_else(default_compression),
+        };
+        let timeout = match timeout {
+            Some(timeout) => timeout,
+            None => env
+                .timeout(None)
+                .map_err(|m| settings.error("timeout", m))?
+                .unwrap_or_else(default_timeout),
+        };
+        if timeout.is_zero() {
+            return Err(settings.error("timeout", "must be greater than zero"));
+        }
+        let headers = match headers {
+            Some(headers) => headers,
+            None => env
+                .headers(None)
+                .map_err(|m| settings.error("headers", m))?
+                .unwrap_or_default(),
+        };
+        Ok(ResolvedSettings {
+            compression,
+            timeout,
+            headers,
+        })
+    }
+}
+
 /// Checks `compression_level` (1, fastest, to 9, smallest).
 pub fn check_compression_level(
     settings: &ComponentSettings,

@@ -29,8 +29,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::otlp_common::{
-    self, Auth, Compression, ExportResponse, Secret, default_compression,
-    default_compression_level, default_timeout,
+    self, Auth, Compression, ExportResponse, ResolvedSettings, Secret, default_compression_level,
 };
 use crate::otlp_env::OtlpEnv;
 use crate::tls::{Tls, TlsConfig};
@@ -171,30 +170,17 @@ impl OtlpGrpcExporter {
             (_, None) => None,
         };
         otlp_common::check_compression_level(settings, config.compression_level)?;
-        let compression = match config.compression {
-            Some(compression) => compression,
-            None => env
-                .compression(None)
-                .map_err(|m| settings.error("compression", m))?
-                .unwrap_or_else(default_compression),
-        };
-        let timeout = match config.timeout {
-            Some(timeout) => timeout,
-            None => env
-                .timeout(None)
-                .map_err(|m| settings.error("timeout", m))?
-                .unwrap_or_else(default_timeout),
-        };
-        if timeout.is_zero() {
-            return Err(settings.error("timeout", "must be greater than zero"));
-        }
-        let configured_headers = match config.headers {
-            Some(headers) => headers,
-            None => env
-                .headers(None)
-                .map_err(|m| settings.error("headers", m))?
-                .unwrap_or_default(),
-        };
+        let ResolvedSettings {
+            compression,
+            timeout,
+            headers: configured_headers,
+        } = ResolvedSettings::resolve(
+            settings,
+            env,
+            config.compression,
+            config.timeout,
+            config.headers,
+        )?;
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,

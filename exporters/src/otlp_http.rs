@@ -26,8 +26,8 @@ use sluice_pipeline::{
 };
 
 use crate::otlp_common::{
-    self, Auth, Compression, ExportResponse, PartialSuccess, Secret, default_compression,
-    default_compression_level, default_timeout,
+    self, Auth, Compression, ExportResponse, PartialSuccess, ResolvedSettings, Secret,
+    default_compression_level,
 };
 use crate::otlp_env::OtlpEnv;
 use crate::tls::{Tls, TlsConfig};
@@ -242,30 +242,17 @@ impl OtlpHttpExporter {
             }
             (false, None) => None,
         };
-        let compression = match config.compression {
-            Some(compression) => compression,
-            None => env
-                .compression(None)
-                .map_err(|m| settings.error("compression", m))?
-                .unwrap_or_else(default_compression),
-        };
-        let timeout = match config.timeout {
-            Some(timeout) => timeout,
-            None => env
-                .timeout(None)
-                .map_err(|m| settings.error("timeout", m))?
-                .unwrap_or_else(default_timeout),
-        };
-        if timeout.is_zero() {
-            return Err(settings.error("timeout", "must be greater than zero"));
-        }
-        let configured_headers = match config.headers {
-            Some(headers) => headers,
-            None => env
-                .headers(None)
-                .map_err(|m| settings.error("headers", m))?
-                .unwrap_or_default(),
-        };
+        let ResolvedSettings {
+            compression,
+            timeout,
+            headers: configured_headers,
+        } = ResolvedSettings::resolve(
+            settings,
+            env,
+            config.compression,
+            config.timeout,
+            config.headers,
+        )?;
         let mut headers = HeaderMap::new();
         for (name, value) in
             otlp_common::request_headers(settings, &configured_headers, config.auth.as_ref())?
