@@ -9,11 +9,12 @@
 //! machines are shared, and time spent waiting for a core is not time the processor needs.
 //! Throughputs are therefore spans per second of one core.
 
+mod cpu_time;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use criterion::measurement::{Measurement, ValueFormatter};
+use cpu_time::ThreadCpuTime;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -289,95 +290,6 @@ fn memory_limiter(c: &mut Criterion<ThreadCpuTime>) {
     });
     group.finish();
     runtime.block_on(limiter.shutdown());
-}
-
-/// The CPU time the benchmark thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec for clock_gettime to write; the clock id is a constant
-    // Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(rc, 0, "the thread CPU clock is readable");
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
-/// Criterion measurement of the benchmark thread's CPU time.
-struct ThreadCpuTime;
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = Duration;
-    type Value = Duration;
-
-    fn start(&self) -> Duration {
-        thread_cpu_time()
-    }
-
-    fn end(&self, start: Duration) -> Duration {
-        thread_cpu_time().saturating_sub(start)
-    }
-
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_nanos() as f64
-    }
-
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuFormatter
-    }
-}
-
-/// Formats CPU nanoseconds, and elements per CPU second.
-struct CpuFormatter;
-
-impl ValueFormatter for CpuFormatter {
-    fn scale_values(&self, typical_ns: f64, values: &mut [f64]) -> &'static str {
-        let (factor, unit) = if typical_ns < 1e3 {
-            (1.0, "ns cpu")
-        } else if typical_ns < 1e6 {
-            (1e-3, "µs cpu")
-        } else {
-            (1e-6, "ms cpu")
-        };
-        values.iter_mut().for_each(|v| *v *= factor);
-        unit
-    }
-
-    fn scale_throughputs(
-        &self,
-        typical_ns: f64,
-        throughput: &Throughput,
-        values: &mut [f64],
-    ) -> &'static str {
-        let per_iteration = match *throughput {
-            Throughput::Elements(n) | Throughput::ElementsAndBytes { elements: n, .. } => n,
-            Throughput::Bytes(n) | Throughput::BytesDecimal(n) => n,
-            Throughput::Bits(n) => n,
-        } as f64;
-        let typical = per_iteration * 1e9 / typical_ns;
-        let (denominator, unit) = if typical < 1e6 {
-            (1e3, "K/cpu-s")
-        } else {
-            (1e6, "M/cpu-s")
-        };
-        for value in values {
-            *value = per_iteration * 1e9 / *value / denominator;
-        }
-        unit
-    }
-
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
-        "ns"
-    }
 }
 
 criterion_group! {

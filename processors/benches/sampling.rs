@@ -13,6 +13,8 @@
 //! buffers the spans are sliced from included); less the spans' own encoded size, per span,
 //! that is the buffer's overhead.
 
+mod cpu_time;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cpu_time::thread_cpu_time;
 use criterion::{Criterion, Throughput, criterion_group};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
@@ -66,18 +69,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// The CPU time this thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; the clock id is a constant Linux knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is available on Linux");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 fn allocated() -> isize {
     ALLOCATED.load(Ordering::Relaxed)
