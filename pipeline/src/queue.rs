@@ -489,15 +489,9 @@ impl QueuedExporter {
         self.status.set_enabled(enabled);
     }
 
-    /// Stops taking batches, lets the workers send what is queued until `deadline`, then
-    /// counts and logs what could not be sent.
-    pub async fn shutdown(&self, deadline: Instant) {
-        self.lock_state().closed = true;
-        self.not_empty.notify_waiters();
-        if let Some(disk) = &self.disk {
-            self.shutdown_disk(disk, deadline).await;
-            return;
-        }
+    /// Lets the workers finish until `deadline` (they end once the queue is closed and
+    /// empty), then aborts those still sending.
+    async fn stop_workers(&self, deadline: Instant) {
         let mut workers = std::mem::take(&mut *self.lock_workers());
         let drained = tokio::time::timeout_at(deadline.into(), async {
             while workers.join_next().await.is_some() {}
@@ -507,6 +501,18 @@ impl QueuedExporter {
             workers.abort_all();
             while workers.join_next().await.is_some() {}
         }
+    }
+
+    /// Stops taking batches, lets the workers send what is queued until `deadline`, then
+    /// counts and logs what could not be sent.
+    pub async fn shutdown(&self, deadline: Instant) {
+        self.lock_state().closed = true;
+        self.not_empty.notify_waiters();
+        if let Some(disk) = &self.disk {
+            self.shutdown_disk(disk, deadline).await;
+            return;
+        }
+        self.stop_workers(deadline).await;
         let (mut left, abandoned) = {
             let mut state = self.lock_state();
             state.items = 0;
@@ -551,16 +557,9 @@ impl QueuedExporter {
         if let Ok(Err(error)) = closed {
             tracing::error!(exporter = %self.id, %error, "closing the disk queue failed");
         }
-        let mut workers = std::mem::take(&mut *self.lock_workers());
-        let drained = tokio::time::timeout_at(deadline.into(), async {
-            while workers.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            // Records being sent were not acknowledged: they are sent again at the next start.
-            workers.abort_all();
-            while workers.join_next().await.is_some() {}
-        }
+        // Records being sent when the workers are stopped were not acknowledged: they are
+        // sent again at the next start.
+        self.stop_workers(deadline).await;
         let flushing = disk.clone();
         let flushed = tokio::task::spawn_blocking(move || flushing.flush()).await;
         if let Ok(Err(error)) = flushed {
